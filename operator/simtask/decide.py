@@ -1,0 +1,598 @@
+"""Decide: from what the cluster shows of one SimulationTask, its next status and the actions to take.
+
+Pure: no I/O, no clock (`now` is an argument). The reconciler gathers an `Observed`, calls
+`decide`, performs the `Decision`'s actions, writes its status once and emits its events.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from simtask import builders, names, preemption
+from simtask.durations import format_duration, parse_duration
+from simtask.lifecycle import (
+    NOT_STARTED,
+    PREEMPTED,
+    RUNNING,
+    Phase,
+    can_transition,
+    is_terminal,
+    parse_phase,
+)
+from simtask.podstate import AttemptObservation, observe_attempt
+
+Obj = Mapping[str, Any]
+
+#: Backoff before an automatic resubmission: BASE * 2**resubmissions, capped.
+RESUBMIT_BACKOFF_BASE = timedelta(seconds=2)
+RESUBMIT_BACKOFF_CAP = timedelta(minutes=5)
+#: How often a task waiting for its inputs looks again.
+INPUT_POLL = timedelta(seconds=3)
+
+
+# ---------------------------------------------------------------- what goes in
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """What the task needs to know of a MachineGroup."""
+
+    name: str
+    obj: Obj | None
+    #: Active, Terminated, Expired, or Missing (the object does not exist).
+    state: str
+    #: The group may start one more task now (quota).
+    admits: bool = True
+    #: 1 = next to start, when the quota holds the task back.
+    queue_position: int | None = None
+    #: Why the task cannot be placed even with the quota free (e.g. too many GPUs).
+    unplaceable: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the cluster shows of one task, gathered by the reconciler from its caches."""
+
+    task: Obj
+    #: The task's Jobs by attempt number.
+    jobs: Mapping[int, Obj] = field(default_factory=dict)
+    #: The task's pods by attempt number.
+    pods: Mapping[int, Sequence[Obj]] = field(default_factory=dict)
+    #: Nodes by name (at least those the task's pods are bound to, when they still exist).
+    nodes: Mapping[str, Obj] = field(default_factory=dict)
+    #: Messages for inputs that do not exist yet; None when inputs were not looked up.
+    missing_inputs: Sequence[str] | None = None
+    #: The MachineGroup this attempt is placed on, when the task names one.
+    group: GroupView | None = None
+
+
+# ---------------------------------------------------------------- what comes out
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    """Create this Job (AlreadyExists is success: the name is deterministic)."""
+
+    job: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    """Delete this Job and, in the background, its pods."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class SuspendJob:
+    """Set spec.suspend on this Job."""
+
+    name: str
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class DeleteTask:
+    """Delete the task itself (spec.ttlAfterFinished ran out)."""
+
+
+Action = CreateJob | DeleteJob | SuspendJob | DeleteTask
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One move of status.phase, as written to status.history."""
+
+    from_phase: Phase | None
+    to_phase: Phase
+    reason: str
+    message: str
+    time: datetime
+    attempt: int
+
+
+@dataclass
+class Decision:
+    """The new status, the moves that led there, and what to do."""
+
+    status: dict[str, Any]
+    transitions: list[Transition] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    #: Look again after this long even if nothing changes (backoff, polling, TTLs).
+    requeue_after: float | None = None
+    #: Moves the table refused (a bug or a race): logged, never applied.
+    refused: list[str] = field(default_factory=list)
+
+    def wake(self, after: timedelta) -> None:
+        seconds = max(after.total_seconds(), 0.05)
+        if self.requeue_after is None or seconds < self.requeue_after:
+            self.requeue_after = seconds
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def ts(value: datetime) -> str:
+    """RFC 3339 as Kubernetes writes it."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_ts(value: object) -> datetime | None:
+    """A Kubernetes timestamp (or None)."""
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _spec(task: Obj) -> Mapping[str, Any]:
+    return task.get("spec") or {}
+
+
+def resubmission_allowed(spec: Mapping[str, Any], resubmissions: int) -> bool:
+    """Whether a lost attempt is followed by a new one."""
+    return bool(spec.get("resubmitOnPreemption", True)) and resubmissions < int(
+        spec.get("maxResubmissions", 3)
+    )
+
+
+def resubmit_backoff(resubmissions: int) -> timedelta:
+    """How long to wait before resubmission number `resubmissions + 1`."""
+    return min(RESUBMIT_BACKOFF_BASE * (2**resubmissions), RESUBMIT_BACKOFF_CAP)
+
+
+def placement_group(spec: Mapping[str, Any], spot_preemptions: int) -> str | None:
+    """The MachineGroup the next attempt goes to: the fallback once enough spot losses happened."""
+    fallback = spec.get("fallbackMachineGroup")
+    if fallback and spot_preemptions >= int(spec.get("fallbackAfterPreemptions", 2)):
+        return str(fallback)
+    group = spec.get("machineGroup")
+    return str(group) if group else None
+
+
+def is_spot(group: GroupView | None, node: Obj | None) -> bool:
+    """A group's explicit `spec.spot` wins; otherwise the node's cloud labels tell."""
+    if group is not None and group.obj is not None:
+        explicit = (group.obj.get("spec") or {}).get("spot")
+        if explicit is not None:
+            return bool(explicit)
+    if node is not None:
+        return preemption.is_spot_node((node.get("metadata") or {}).get("labels") or {})
+    return False
+
+
+class _Pass:
+    """State of one decide() pass: the status being built and the moves made."""
+
+    def __init__(self, obs: Observed, now: datetime) -> None:
+        self.obs = obs
+        self.now = now
+        self.task = obs.task
+        self.spec = _spec(obs.task)
+        self.old_status: dict[str, Any] = copy.deepcopy(dict(obs.task.get("status") or {}))
+        self.status = copy.deepcopy(self.old_status)
+        self.status.setdefault("history", [])
+        self.status.setdefault("attempts", [])
+        self.phase = parse_phase(self.status.get("phase"))
+        self.attempt = int(self.status.get("attempt") or 0)
+        self.decision = Decision(status=self.status)
+
+    # -- moves
+
+    def move(self, to: Phase, reason: str, message: str, at: datetime | None = None) -> bool:
+        if self.phase == to:
+            self.status["reason"], self.status["message"] = reason, message
+            return True
+        if not can_transition(self.phase, to):
+            self.decision.refused.append(f"{self.phase} -> {to} ({reason})")
+            return False
+        when = at or self.now
+        self.decision.transitions.append(
+            Transition(self.phase, to, reason, message, when, max(self.attempt, 1))
+        )
+        self.status["history"].append(
+            {
+                "phase": str(to),
+                "time": ts(when),
+                "reason": reason,
+                "message": message,
+                "attempt": max(self.attempt, 1),
+            }
+        )
+        self.phase = to
+        self.status["phase"] = str(to)
+        self.status["reason"], self.status["message"] = reason, message
+        return True
+
+    def seen_this_attempt(self, phase: Phase) -> bool:
+        return any(
+            h.get("phase") == phase and int(h.get("attempt") or 0) == self.attempt
+            for h in self.status["history"]
+        )
+
+    # -- attempts
+
+    def job(self) -> Obj | None:
+        return self.obs.jobs.get(self.attempt)
+
+    def pods(self) -> Sequence[Obj]:
+        return self.obs.pods.get(self.attempt, ())
+
+    def attempt_record(self) -> dict[str, Any]:
+        for rec in self.status["attempts"]:
+            if int(rec.get("attempt") or 0) == self.attempt:
+                return dict(rec)
+        return {}
+
+    def put_attempt_record(self, rec: dict[str, Any]) -> None:
+        rest = [r for r in self.status["attempts"] if int(r.get("attempt") or 0) != self.attempt]
+        self.status["attempts"] = sorted([*rest, rec], key=lambda r: int(r.get("attempt") or 0))
+
+    def previous_attempt_phase(self) -> str | None:
+        for rec in reversed(self.status["attempts"]):
+            if int(rec.get("attempt") or 0) < self.attempt and rec.get("phase"):
+                return str(rec["phase"])
+        return None
+
+    def spot_preemptions(self) -> int:
+        return sum(1 for r in self.status["attempts"] if r.get("phase") == Phase.SPOT_PREEMPTED)
+
+    def new_attempt(self, reason: str, message: str) -> None:
+        self.attempt += 1
+        self.status["attempt"] = self.attempt
+        for key in ("jobName", "podName", "nodeName", "exitCode", "startTime", "completionTime"):
+            self.status.pop(key, None)
+        self.status.pop("nextAttemptTime", None)
+        self.move(Phase.SUBMITTED, reason, message)
+
+
+# ---------------------------------------------------------------- decide
+
+
+def decide(obs: Observed, now: datetime) -> Decision:
+    """The next status of a task and the actions that bring the cluster there."""
+    p = _Pass(obs, now)
+    spec = p.spec
+
+    if p.phase is None:
+        p.attempt = 1
+        p.status["attempt"] = 1
+        p.status.setdefault("resubmissions", 0)
+        p.status.setdefault("retry", int(spec.get("retry") or 0))
+
+    if spec.get("kill") and not _terminal(p):
+        _kill(p)
+    else:
+        _retry(p)
+        if p.phase is None or p.phase in NOT_STARTED:
+            _before_start(p)
+        if p.phase in RUNNING or (p.phase == Phase.SUBMITTED and (p.job() or p.pods())):
+            _follow_attempt(p)
+        if p.phase in PREEMPTED:
+            _after_preemption(p)
+        _ttl_after_finished(p)
+
+    _finish_status(p)
+    return p.decision
+
+
+def _terminal(p: _Pass) -> bool:
+    follows = resubmission_allowed(p.spec, int(p.status.get("resubmissions") or 0))
+    return is_terminal(p.phase, resubmission_follows=follows)
+
+
+def _kill(p: _Pass) -> None:
+    p.move(Phase.PENDING_KILLED, "KillRequested", "spec.kill is true: stopping the task")
+    job, pods = p.job(), p.pods()
+    if job is not None and not (job.get("metadata") or {}).get("deletionTimestamp"):
+        p.decision.actions.append(DeleteJob(str(job["metadata"]["name"])))
+    if job is None and not pods:
+        p.move(Phase.KILLED, "Killed", "killed by the user (spec.kill)")
+        _close_attempt(p, Phase.KILLED, p.now)
+
+
+def _retry(p: _Pass) -> None:
+    wanted = int(p.spec.get("retry") or 0)
+    done = int(p.status.get("retry") or 0)
+    if wanted <= done:
+        return
+    p.status["retry"] = wanted
+    if p.phase is not None and _terminal(p) and p.phase != Phase.SUCCESS:
+        p.new_attempt("RetryRequested", f"spec.retry raised to {wanted}: running attempt {p.attempt + 1}")
+
+
+def _before_start(p: _Pass) -> None:
+    """PendingInput, Held, Submitted: wait for inputs, the user, the group; then start."""
+    spec, obs = p.spec, p.obs
+    group = obs.group
+    if group is not None and group.state != "Active":
+        what = {"Missing": "does not exist", "Terminated": "was terminated", "Expired": "expired"}
+        p.move(
+            Phase.ZOMBIE,
+            "MachineGroup" + (group.state if group.state != "Missing" else "Deleted"),
+            f"MachineGroup {group.name!r} {what.get(group.state, group.state)} before the task started",
+        )
+        _cleanup_jobs(p)
+        return
+    if obs.missing_inputs:
+        p.move(Phase.PENDING_INPUT, "InputMissing", "; ".join(obs.missing_inputs))
+        p.decision.wake(INPUT_POLL)
+        return
+    job = p.job()
+    if spec.get("hold"):
+        bound = any((pod.get("spec") or {}).get("nodeName") for pod in p.pods())
+        if not bound:
+            p.move(Phase.HELD, "HeldByUser", "spec.hold is true: the task waits until it is released")
+            if job is not None and not (job.get("spec") or {}).get("suspend"):
+                p.decision.actions.append(SuspendJob(str(job["metadata"]["name"]), True))
+            return
+    # Released, or never held.
+    reason, message = "Submitted", "waiting for a node"
+    if p.phase == Phase.HELD:
+        reason, message = "Released", "spec.hold is false: the task is queued again"
+    if group is not None and group.unplaceable:
+        reason, message = "Unplaceable", group.unplaceable
+    p.move(Phase.SUBMITTED, reason, message)
+    if p.phase != Phase.SUBMITTED:
+        return
+    if job is not None:
+        if (job.get("spec") or {}).get("suspend"):
+            p.decision.actions.append(SuspendJob(str(job["metadata"]["name"]), False))
+        p.status["jobName"] = job["metadata"]["name"]
+        p.status.pop("queuePosition", None)
+        return
+    if group is not None and not group.admits:
+        p.status["queuePosition"] = group.queue_position
+        p.status["reason"] = "Queued"
+        p.status["message"] = (
+            f"MachineGroup {group.name!r} is running its maximum of concurrent tasks; "
+            f"position {group.queue_position} in its queue"
+        )
+        return
+    p.status.pop("queuePosition", None)
+    manifest = builders.build_job(
+        dict(p.task),
+        p.attempt,
+        group=dict(group.obj) if group is not None and group.obj is not None else None,
+        previous_attempt_phase=p.previous_attempt_phase(),
+    )
+    p.status["jobName"] = manifest["metadata"]["name"]
+    p.status["machineGroup"] = group.name if group is not None else None
+    if p.status["machineGroup"] is None:
+        p.status.pop("machineGroup")
+    p.decision.actions.append(CreateJob(manifest))
+    rec = p.attempt_record() or {"attempt": p.attempt}
+    rec["jobName"] = manifest["metadata"]["name"]
+    if group is not None:
+        rec["machineGroup"] = group.name
+    p.put_attempt_record(rec)
+
+
+def _follow_attempt(p: _Pass) -> None:
+    """Started onwards: walk the steps the attempt's Job and pod show."""
+    job, pods = p.job(), p.pods()
+    node_name = next(
+        (str(pod["spec"]["nodeName"]) for pod in pods if (pod.get("spec") or {}).get("nodeName")),
+        p.status.get("nodeName"),
+    )
+    node = p.obs.nodes.get(node_name) if node_name else None
+    spot = is_spot(p.obs.group, node)
+    if job is None and not pods:
+        if p.phase == Phase.SUBMITTED:
+            return  # The Job is being created (or the cache has not seen it yet).
+        disruption = preemption.classify_disruption(None, node, node_name, None)
+        obs_steps = _lost_steps(disruption, spot, node_name, p.now)
+        view = AttemptObservation(
+            steps=obs_steps, job_name=p.status.get("jobName"), pod_name=p.status.get("podName"),
+            node_name=node_name, exit_code=None, start_time=None, end_time=p.now, ended=True,
+            delete_job=False, unschedulable_message=None,
+        )
+    else:
+        view = observe_attempt(job, list(pods), node, spot=spot)
+
+    if view.unschedulable_message and p.phase == Phase.SUBMITTED:
+        p.status["reason"], p.status["message"] = "Unschedulable", view.unschedulable_message
+    for key, value in (("jobName", view.job_name), ("podName", view.pod_name), ("nodeName", view.node_name)):
+        if value:
+            p.status[key] = value
+    if view.exit_code is not None:
+        p.status["exitCode"] = view.exit_code
+    if view.start_time and not p.status.get("startTime"):
+        p.status["startTime"] = ts(view.start_time)
+
+    for step in view.steps:
+        if p.seen_this_attempt(step.phase) and step.phase != p.phase:
+            continue
+        if not p.move(step.phase, step.reason, step.message, step.time):
+            break
+
+    rec = p.attempt_record() or {"attempt": p.attempt}
+    rec.update({k: v for k, v in (("jobName", view.job_name), ("podName", view.pod_name),
+                                  ("nodeName", view.node_name)) if v})
+    if p.obs.group is not None:
+        rec["machineGroup"] = p.obs.group.name
+    if view.start_time:
+        rec.setdefault("startTime", ts(view.start_time))
+    if node is not None or p.obs.group is not None:
+        rec["spot"] = spot
+    p.put_attempt_record(rec)
+
+    if view.delete_job and job is not None and not (job.get("metadata") or {}).get("deletionTimestamp"):
+        p.decision.actions.append(DeleteJob(str(job["metadata"]["name"])))
+    if view.ended and p.phase is not None and p.phase not in RUNNING:
+        _close_attempt(p, p.phase, view.end_time or p.now)
+
+
+def _lost_steps(
+    disruption: preemption.Disruption | None, spot: bool, node_name: str | None, now: datetime
+) -> tuple[Any, ...]:
+    from simtask.podstate import Step
+
+    if disruption is not None and disruption.kind == "preempted":
+        return (Step(preemption.preempted_phase(spot), now, disruption.reason, disruption.message),)
+    reason = disruption.reason if disruption else "ExecutorLost"
+    message = disruption.message if disruption else (
+        f"the Job and pod of this attempt disappeared (node {node_name or 'unknown'})"
+    )
+    return (Step(Phase.EXECUTOR_FAILED, now, reason, message),)
+
+
+def _close_attempt(p: _Pass, phase: Phase, end: datetime) -> None:
+    rec = p.attempt_record() or {"attempt": p.attempt}
+    if rec.get("phase") == phase and rec.get("endTime"):
+        return
+    rec["phase"] = str(phase)
+    rec["endTime"] = ts(end)
+    start = parse_ts(rec.get("startTime"))
+    cpu, gpu = 0.0, 0.0
+    if start is not None:
+        from simtask.podstate import compute_seconds
+
+        cpu, gpu = compute_seconds(p.obs.jobs.get(p.attempt), start, end)
+    rec["cpuSeconds"] = round(cpu, 3)
+    rec["gpuSeconds"] = round(gpu, 3)
+    p.put_attempt_record(rec)
+
+
+def _after_preemption(p: _Pass) -> None:
+    """SpotPreempted / ExecutorTerminated: resubmit after a backoff, or end here."""
+    resubmissions = int(p.status.get("resubmissions") or 0)
+    if not resubmission_allowed(p.spec, resubmissions):
+        if not p.spec.get("resubmitOnPreemption", True):
+            p.status["message"] = f"{p.status.get('message', '')} (resubmitOnPreemption is false)".strip()
+        else:
+            p.status["message"] = (
+                f"{p.status.get('message', '')} (maxResubmissions {p.spec.get('maxResubmissions', 3)} reached)"
+            ).strip()
+        _cleanup_jobs(p)
+        return
+    rec = p.attempt_record()
+    ended = parse_ts(rec.get("endTime")) or p.now
+    at = ended + resubmit_backoff(resubmissions)
+    p.status["nextAttemptTime"] = ts(at)
+    if p.now < at:
+        p.decision.wake(at - p.now)
+        return
+    lost = p.phase
+    p.status["resubmissions"] = resubmissions + 1
+    p.new_attempt(
+        "Resubmitted",
+        f"attempt {p.attempt} lost ({lost}); resubmitted as attempt {p.attempt + 1} "
+        f"({resubmissions + 1} of {p.spec.get('maxResubmissions', 3)})",
+    )
+    _before_start(p)
+
+
+def _cleanup_jobs(p: _Pass) -> None:
+    for job in p.obs.jobs.values():
+        meta = job.get("metadata") or {}
+        status = job.get("status") or {}
+        if not meta.get("deletionTimestamp") and int(status.get("active") or 0) > 0:
+            p.decision.actions.append(DeleteJob(str(meta["name"])))
+
+
+def _ttl_after_finished(p: _Pass) -> None:
+    ttl = p.spec.get("ttlAfterFinished")
+    if not ttl or not _terminal(p):
+        return
+    done = parse_ts(p.status.get("completionTime")) or p.now
+    at = done + parse_duration(str(ttl))
+    if p.now >= at:
+        p.decision.actions.append(DeleteTask())
+    else:
+        p.decision.wake(at - p.now)
+
+
+# ---------------------------------------------------------------- conditions
+
+
+def _finish_status(p: _Pass) -> None:
+    status = p.status
+    terminal = _terminal(p)
+    phase = p.phase
+    if terminal and not status.get("completionTime"):
+        last = status["history"][-1]["time"] if status["history"] else ts(p.now)
+        status["completionTime"] = last
+    if not terminal:
+        status.pop("completionTime", None)
+    start, end = parse_ts(status.get("startTime")), parse_ts(status.get("completionTime"))
+    if start is not None:
+        status["duration"] = format_duration((end or p.now) - start)
+    generation = int((p.task.get("metadata") or {}).get("generation") or 0)
+    status["observedGeneration"] = generation
+    if phase is not None and not terminal and p.phase in RUNNING:
+        status.pop("queuePosition", None)
+
+    reason = str(phase) if phase else "Pending"
+    message = str(status.get("message") or "")
+    succeeded = phase == Phase.SUCCESS
+    conds: list[tuple[str, str, str]] = [
+        ("Ready", "True" if succeeded else "False", reason),
+        ("Reconciling", "False" if terminal else "True", reason),
+        ("Stalled", "True" if terminal and not succeeded else "False", reason),
+    ]
+    if terminal:
+        conds.append(("Succeeded", "True" if succeeded else "False", reason))
+        conds.append(("Failed", "False" if succeeded else "True", reason))
+    status["conditions"] = _conditions(p.old_status.get("conditions") or [], conds, message, generation, p.now)
+    if terminal is False:
+        status["conditions"] = [c for c in status["conditions"] if c["type"] not in ("Succeeded", "Failed")]
+    for key in [k for k, v in status.items() if v is None]:
+        del status[key]
+
+
+def _conditions(
+    old: Sequence[Mapping[str, Any]],
+    wanted: Sequence[tuple[str, str, str]],
+    message: str,
+    generation: int,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Conditions per the API conventions: lastTransitionTime moves only when status does."""
+    before = {str(c.get("type")): c for c in old}
+    out = []
+    for ctype, status, reason in wanted:
+        prev = before.get(ctype)
+        changed = prev is None or prev.get("status") != status
+        out.append(
+            {
+                "type": ctype,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": ts(now) if changed else prev.get("lastTransitionTime", ts(now)),  # type: ignore[union-attr]
+            }
+        )
+    return out
+
+
+def labels_for(task: Obj) -> dict[str, str]:
+    """The labels by which the task's Jobs and pods are found."""
+    meta = task.get("metadata") or {}
+    return {names.LABEL_TASK_UID: str(meta.get("uid"))}

@@ -1,0 +1,353 @@
+"""Act: observe a task from the caches, decide, then create/delete Jobs and write the status once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Hashable
+from datetime import UTC, datetime
+from typing import Any
+
+from simtask import GROUP, VERSION, metrics, names
+from simtask.decide import (
+    CreateJob,
+    Decision,
+    DeleteJob,
+    DeleteTask,
+    GroupView,
+    Observed,
+    SuspendJob,
+    decide,
+    parse_ts,
+    ts,
+)
+from simtask.informers import Informer, Key, Obj, Store, obj_key
+from simtask.kube import ApiError, Kube
+from simtask.lifecycle import NOT_STARTED, Phase, parse_phase
+from simtask.machinegroups import GroupBook
+from simtask.workqueue import WorkQueue
+
+logger = logging.getLogger(__name__)
+
+TASKS_PATH = f"/apis/{GROUP}/{VERSION}"
+
+
+def task_path(namespace: str, name: str, sub: str = "") -> str:
+    return f"{TASKS_PATH}/namespaces/{namespace}/simulationtasks/{name}{sub}"
+
+
+def _task_uid(obj: Obj) -> list[Hashable]:
+    uid = ((obj.get("metadata") or {}).get("labels") or {}).get(names.LABEL_TASK_UID)
+    return [uid] if uid else []
+
+
+def _node_name(obj: Obj) -> list[Hashable]:
+    node = (obj.get("spec") or {}).get("nodeName")
+    return [node] if node else []
+
+
+def _attempt_of(obj: Obj) -> int:
+    try:
+        return int(((obj.get("metadata") or {}).get("labels") or {}).get(names.LABEL_ATTEMPT, 0))
+    except ValueError:
+        return 0
+
+
+def _node_changed(old: Obj | None, new: Obj) -> bool:
+    """Whether a node event can change what its tasks show (taints, readiness, deletion)."""
+    if old is None:
+        return False
+
+    def view(node: Obj) -> Any:
+        ready = [c.get("status") for c in (node.get("status") or {}).get("conditions") or []
+                 if c.get("type") == "Ready"]
+        spec = node.get("spec") or {}
+        return (spec.get("taints"), spec.get("unschedulable"), ready,
+                (node.get("metadata") or {}).get("deletionTimestamp"))
+
+    return bool(view(old) != view(new))
+
+
+class Controller:
+    """Holds the caches and the work queue, and runs the reconcile workers."""
+
+    def __init__(self, kube: Kube, *, workers: int = 8) -> None:
+        self.kube = kube
+        self.queue = WorkQueue()
+        self.tasks = Store({"uid": lambda o: [(o.get("metadata") or {}).get("uid")]})
+        self.groups = Store()
+        self.jobs = Store({"task": _task_uid})
+        self.pods = Store({"task": _task_uid, "node": _node_name})
+        self.nodes = Store()
+        self.book = GroupBook(self.tasks, self.groups, self.nodes)
+        self.workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+        selector = names.LABEL_TASK_UID
+        restart = lambda r: metrics.WATCH_RESTARTS.labels(r).inc()  # noqa: E731
+        self.informers = [
+            Informer("jobs", "/apis/batch/v1/jobs", kube.watch_request, self.jobs,
+                     label_selector=selector, listeners=[self._on_owned], on_restart=restart),
+            Informer("pods", "/api/v1/pods", kube.watch_request, self.pods,
+                     label_selector=selector, listeners=[self._on_owned], on_restart=restart),
+            Informer("nodes", "/api/v1/nodes", kube.watch_request, self.nodes,
+                     listeners=[self._on_node], on_restart=restart),
+        ]
+        self.ready = asyncio.Event()
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Start the informers, wait for their first list, then the workers."""
+        for inf in self.informers:
+            self._tasks.append(asyncio.create_task(inf.run(), name=f"informer-{inf.resource}"))
+        await asyncio.gather(*(inf.synced.wait() for inf in self.informers))
+        for i in range(self.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._gauges(), name="gauges"))
+        self.ready.set()
+        logger.info("caches synced: %d jobs, %d pods, %d nodes", len(self.jobs), len(self.pods), len(self.nodes))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- events into the queue
+
+    def on_task_event(self, etype: str, body: Obj) -> None:
+        """A SimulationTask event from kopf's watch."""
+        key = obj_key(body)
+        if etype == "DELETED":
+            self.tasks.remove(key)
+            self.queue.forget(key)
+            self.book.forget(key)
+            return
+        self.tasks.put(body)
+        self.queue.add(key)
+
+    def on_group_event(self, etype: str, body: Obj) -> None:
+        """A MachineGroup event from kopf's watch: its tasks may move."""
+        if etype == "DELETED":
+            self.groups.remove(obj_key(body))
+        else:
+            self.groups.put(body)
+        name = str((body.get("metadata") or {}).get("name"))
+        for key in self.book.tasks_of(name):
+            self.queue.add(key)
+
+    def _task_key_for_uid(self, uid: Hashable) -> Key | None:
+        found = self.tasks.by("uid", uid)
+        return obj_key(found[0]) if found else None
+
+    def _on_owned(self, etype: str, obj: Obj, prev: Obj | None) -> None:
+        for uid in _task_uid(obj):
+            key = self._task_key_for_uid(uid)
+            if key is not None:
+                self.queue.add(key)
+
+    def _on_node(self, etype: str, obj: Obj, prev: Obj | None) -> None:
+        if etype == "ADDED" or (etype == "MODIFIED" and not _node_changed(prev, obj)):
+            if etype == "ADDED":
+                self.book.nodes_changed()
+            return
+        self.book.nodes_changed()
+        name = (obj.get("metadata") or {}).get("name")
+        for pod in self.pods.by("node", name):
+            self._on_owned(etype, pod, None)
+
+    # -- workers
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            metrics.WORKQUEUE_DEPTH.set(len(self.queue))
+            t0 = time.perf_counter()
+            try:
+                await self.reconcile(key)  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.code == 409:
+                    self.queue.add_after(key, 0.2)  # Someone wrote first: look again.
+                else:
+                    metrics.RECONCILE_ERRORS.labels("api").inc()
+                    logger.warning("reconcile %s/%s: %s", *key, exc)  # type: ignore[misc]
+                    self.queue.add_after(key, 2.0)
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels("internal").inc()
+                logger.exception("reconcile %s/%s failed", *key)  # type: ignore[misc]
+                self.queue.add_after(key, 5.0)
+            finally:
+                metrics.RECONCILE_DURATION.observe(time.perf_counter() - t0)
+                self.queue.done(key)
+
+    async def _gauges(self) -> None:
+        while True:
+            counts: dict[tuple[str, str], int] = {}
+            for task in list(self.tasks.objects.values()):
+                status = task.get("status") or {}
+                group = str(status.get("machineGroup") or (task.get("spec") or {}).get("machineGroup") or "")
+                k = (str(status.get("phase") or "Pending"), group)
+                counts[k] = counts.get(k, 0) + 1
+            metrics.TASKS.clear()
+            for (phase, group), n in counts.items():
+                metrics.TASKS.labels(phase, group).set(n)
+            metrics.WORKQUEUE_DEPTH.set(len(self.queue))
+            await asyncio.sleep(5)
+
+    # -- one pass
+
+    async def reconcile(self, key: Key) -> None:
+        task = self.tasks.get(key)
+        if task is None or (task.get("metadata") or {}).get("deletionTimestamp"):
+            return  # Deleted: the garbage collector removes its Jobs and pods.
+        uid = task["metadata"]["uid"]
+        jobs: dict[int, Obj] = {}
+        for job in self.jobs.by("task", uid):
+            jobs[_attempt_of(job)] = job
+        pods: dict[int, list[Obj]] = {}
+        for pod in self.pods.by("task", uid):
+            pods.setdefault(_attempt_of(pod), []).append(pod)
+        node_names = {n for ps in pods.values() for p in ps for n in _node_name(p)}
+        status = task.get("status") or {}
+        if status.get("nodeName"):
+            node_names.add(status["nodeName"])
+        nodes = {str(n): node for n in node_names if (node := self.nodes.get(("", str(n)))) is not None}
+
+        phase = parse_phase(status.get("phase"))
+        missing = None
+        if phase is None or phase in NOT_STARTED or phase in (Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED):
+            missing = await self._missing_inputs(task)
+        group = self.book.view(task)
+
+        now = datetime.now(UTC)
+        decision = decide(
+            Observed(task=task, jobs=jobs, pods=pods, nodes=nodes, missing_inputs=missing, group=group),
+            now,
+        )
+        for refused in decision.refused:
+            logger.warning("%s/%s: refused move %s", *key, refused)
+        await self._write_status(task, decision)
+        await self._act(task, decision)
+        self._observe_metrics(task, decision, group)
+        if decision.requeue_after is not None:
+            self.queue.add_after(key, decision.requeue_after)
+
+    async def _missing_inputs(self, task: Obj) -> list[str]:
+        ns = task["metadata"]["namespace"]
+        missing: list[str] = []
+        for item in (task.get("spec") or {}).get("inputs") or []:
+            name = item.get("name")
+            if item.get("configMap"):
+                kind, path, res = "ConfigMap", f"/api/v1/namespaces/{ns}/configmaps/{item['configMap']}", "configmaps"
+                ref = item["configMap"]
+            elif item.get("secret"):
+                kind, path, res = "Secret", f"/api/v1/namespaces/{ns}/secrets/{item['secret']}", "secrets"
+                ref = item["secret"]
+            else:
+                ref = item.get("persistentVolumeClaim")
+                kind, res = "PersistentVolumeClaim", "persistentvolumeclaims"
+                path = f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{ref}"
+            obj = await self.kube.get(path, resource=res)
+            if obj is None:
+                missing.append(f"input {name!r}: {kind} {ref!r} does not exist in namespace {ns!r}")
+            elif kind == "PersistentVolumeClaim" and (obj.get("status") or {}).get("phase") != "Bound":
+                missing.append(
+                    f"input {name!r}: PersistentVolumeClaim {ref!r} is "
+                    f"{(obj.get('status') or {}).get('phase', 'Pending')}, not Bound"
+                )
+        return missing
+
+    async def _write_status(self, task: Obj, decision: Decision) -> None:
+        old = task.get("status") or {}
+        new = decision.status
+        if new == old:
+            return
+        patch_status: dict[str, Any] = dict(new)
+        for gone in set(old) - set(new):
+            patch_status[gone] = None
+        meta = task["metadata"]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch_status}
+        updated = await self.kube.merge_patch(
+            task_path(meta["namespace"], meta["name"], "/status"), body, resource="simulationtasks"
+        )
+        self.tasks.put(updated)
+        for t in decision.transitions:
+            await self._event(updated, t.to_phase, t.reason, t.message)
+
+    async def _act(self, task: Obj, decision: Decision) -> None:
+        ns = task["metadata"]["namespace"]
+        for action in decision.actions:
+            if isinstance(action, CreateJob):
+                try:
+                    created = await self.kube.create(
+                        f"/apis/batch/v1/namespaces/{ns}/jobs", action.job, resource="jobs"
+                    )
+                    self.jobs.put(created)
+                except ApiError as exc:
+                    if exc.code == 409:
+                        continue  # Created before a restart: the name is the attempt's own.
+                    if exc.code in (400, 403, 422):
+                        await self._event(task, Phase.FAILED, "JobRejected", exc.message, warning=True)
+                    raise
+            elif isinstance(action, DeleteJob):
+                await self.kube.delete(f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
+                                       resource="jobs", propagation="Background")
+            elif isinstance(action, SuspendJob):
+                await self.kube.merge_patch(f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
+                                            {"spec": {"suspend": action.suspend}}, resource="jobs")
+            elif isinstance(action, DeleteTask):
+                await self.kube.delete(task_path(ns, task["metadata"]["name"]), resource="simulationtasks")
+
+    async def _event(self, task: Obj, phase: Phase | str, reason: str, message: str, *,
+                     warning: bool = False) -> None:
+        meta = task["metadata"]
+        now = ts(datetime.now(UTC))
+        warn = warning or str(phase) in {"Failed", "Zombie", "ExecutorFailed", "TTLExceeded", "SpotPreempted",
+                                         "ExecutorTerminated", "ExecutorTerminatedByUser",
+                                         "ExecutorTerminatedTTLExceeded"}
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name'][:200]}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SimulationTask",
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": "Warning" if warn else "Normal",
+            "reason": reason if reason and reason[0].isupper() else str(phase),
+            "message": f"{phase}: {message}"[:1024],
+            "source": {"component": "simtask-operator"},
+            "reportingComponent": "simtask.dev/operator",
+            "reportingInstance": "simtask-operator",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self.kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", event, resource="events")
+        except ApiError as exc:
+            logger.info("event for %s/%s not posted: %s", meta["namespace"], meta["name"], exc)
+
+    def _observe_metrics(self, task: Obj, decision: Decision, group: GroupView | None) -> None:
+        group_name = group.name if group is not None else ""
+        history = decision.status.get("history") or []
+        for t in decision.transitions:
+            metrics.TRANSITIONS.labels(str(t.from_phase or ""), str(t.to_phase)).inc()
+            if t.from_phase in (Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED) and t.to_phase == Phase.SUBMITTED:
+                metrics.RESUBMISSIONS.labels(str(t.from_phase)).inc()
+            if t.to_phase == Phase.STARTED:
+                submitted = _last_time(history, Phase.SUBMITTED, t.attempt)
+                if submitted is not None:
+                    metrics.QUEUE_WAIT.labels(group_name).observe(max((t.time - submitted).total_seconds(), 0))
+            elif t.from_phase in (Phase.STARTED, Phase.COMPUTATION_STARTED, Phase.COMPUTATION_ENDED):
+                started = _last_time(history, Phase.STARTED, t.attempt)
+                if started is not None:
+                    metrics.RUN_DURATION.labels(group_name, str(t.to_phase)).observe(
+                        max((t.time - started).total_seconds(), 0))
+
+
+def _last_time(history: list[dict[str, Any]], phase: Phase, attempt: int) -> datetime | None:
+    for h in reversed(history):
+        if h.get("phase") == phase and int(h.get("attempt") or 0) == attempt:
+            return parse_ts(h.get("time"))
+    return None
