@@ -413,7 +413,7 @@ def _follow_attempt(p: _Pass) -> None:
             delete_job=False, unschedulable_message=None,
         )
     else:
-        view = observe_attempt(job, list(pods), node, spot=spot)
+        view = observe_attempt(job, list(pods), node, spot=spot, node_name=node_name)
 
     if view.unschedulable_message and p.phase == Phase.SUBMITTED:
         p.status["reason"], p.status["message"] = "Unschedulable", view.unschedulable_message
