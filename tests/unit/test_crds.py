@@ -200,7 +200,9 @@ def test_simulationtask_names() -> None:
     assert spec["names"]["kind"] == "SimulationTask"
     assert spec["names"]["plural"] == "simulationtasks"
     assert spec["names"]["singular"] == "simulationtask"
-    assert spec["names"]["shortNames"] == ["simtask", "st"]
+    # simtask and st are SPEC names; simtasks makes `kubectl get simtasks` (SPEC §1) work.
+    assert spec["names"]["shortNames"] == ["simtask", "simtasks", "st"]
+    assert spec["names"]["categories"] == ["simulation"]
     version = _version(TASK_CRD)
     assert version["served"] is True
     assert version["storage"] is True
