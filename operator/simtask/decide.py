@@ -287,6 +287,7 @@ def decide(obs: Observed, now: datetime) -> Decision:
 
     if spec.get("kill") and not _terminal(p):
         _kill(p)
+        _ttl_after_finished(p)
     else:
         _retry(p)
         if p.phase is None or p.phase in NOT_STARTED:
@@ -330,11 +331,18 @@ def _before_start(p: _Pass) -> None:
     """PendingInput, Held, Submitted: wait for inputs, the user, the group; then start."""
     spec, obs = p.spec, p.obs
     group = obs.group
+    if group is not None and group.state == "Missing":
+        # Not created yet, perhaps: GitOps tools apply in no particular order.
+        p.move(Phase.SUBMITTED, "MachineGroupMissing",
+               f"MachineGroup {group.name!r} does not exist; the task waits for it")
+        return
     if group is not None and group.state != "Active":
-        what = {"Missing": "does not exist", "Terminated": "was terminated", "Expired": "expired"}
+        what = {"Deleted": "was deleted", "Terminated": "was terminated", "Expired": "expired"}
+        if p.phase is None:
+            p.move(Phase.SUBMITTED, "Submitted", f"placed on MachineGroup {group.name!r}")
         p.move(
             Phase.ZOMBIE,
-            "MachineGroup" + (group.state if group.state != "Missing" else "Deleted"),
+            "MachineGroup" + group.state,
             f"MachineGroup {group.name!r} {what.get(group.state, group.state)} before the task started",
         )
         _cleanup_jobs(p)
@@ -483,12 +491,14 @@ def _after_preemption(p: _Pass) -> None:
     """SpotPreempted / ExecutorTerminated: resubmit after a backoff, or end here."""
     resubmissions = int(p.status.get("resubmissions") or 0)
     if not resubmission_allowed(p.spec, resubmissions):
-        if not p.spec.get("resubmitOnPreemption", True):
-            p.status["message"] = f"{p.status.get('message', '')} (resubmitOnPreemption is false)".strip()
-        else:
-            p.status["message"] = (
-                f"{p.status.get('message', '')} (maxResubmissions {p.spec.get('maxResubmissions', 3)} reached)"
-            ).strip()
+        why = (
+            "resubmitOnPreemption is false"
+            if not p.spec.get("resubmitOnPreemption", True)
+            else f"maxResubmissions {p.spec.get('maxResubmissions', 3)} reached"
+        )
+        # From the history entry, not the current message, so a second pass adds nothing.
+        lost = next((h for h in reversed(p.status["history"]) if h.get("phase") == p.phase), {})
+        p.status["message"] = f"{lost.get('message', p.phase)} ({why}; no resubmission)"
         _cleanup_jobs(p)
         return
     rec = p.attempt_record()
@@ -540,9 +550,13 @@ def _finish_status(p: _Pass) -> None:
         status["completionTime"] = last
     if not terminal:
         status.pop("completionTime", None)
+    # Only a finished task has a duration: a running one would change its status on every
+    # pass, and every write is a watch event that starts another pass.
     start, end = parse_ts(status.get("startTime")), parse_ts(status.get("completionTime"))
-    if start is not None:
-        status["duration"] = format_duration((end or p.now) - start)
+    if start is not None and end is not None:
+        status["duration"] = format_duration(timedelta(seconds=round((end - start).total_seconds())))
+    else:
+        status.pop("duration", None)
     generation = int((p.task.get("metadata") or {}).get("generation") or 0)
     status["observedGeneration"] = generation
     if phase is not None and not terminal and p.phase in RUNNING:

@@ -18,6 +18,8 @@ def configure(settings: kopf.OperatorSettings, *, workers: int) -> None:
     """kopf's settings, set once: we post our own events, keep no state in annotations,
     and bound every watch so a silent connection is noticed (kopf issues #585, #698, #787)."""
     settings.posting.level = logging.WARNING
+    # Our handlers are all on.event, which never adds a finalizer (deletion cascades through
+    # owner references); should kopf ever need one, it is in our own domain.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

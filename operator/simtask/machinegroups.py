@@ -16,9 +16,11 @@ _HOLDS_SLOT = RUNNING | {Phase.SUBMITTED, Phase.PENDING_KILLED}
 
 
 def group_state(group: Obj | None, now: datetime) -> str:
-    """Active, Terminated, Expired, or Missing."""
-    if group is None or (group.get("metadata") or {}).get("deletionTimestamp"):
+    """Active, Terminated, Expired, Deleted (being deleted), or Missing (no such object)."""
+    if group is None:
         return "Missing"
+    if (group.get("metadata") or {}).get("deletionTimestamp"):
+        return "Deleted"
     spec = group.get("spec") or {}
     phase = (group.get("status") or {}).get("phase")
     if spec.get("terminate") or phase == "Terminated":

@@ -25,7 +25,7 @@ from simtask.decide import (
 )
 from simtask.informers import Informer, Key, Obj, Store, obj_key
 from simtask.kube import ApiError, Kube
-from simtask.lifecycle import NOT_STARTED, Phase, parse_phase
+from simtask.lifecycle import NOT_STARTED, RUNNING, Phase, parse_phase
 from simtask.machinegroups import GroupBook
 from simtask.workqueue import WorkQueue
 
@@ -339,7 +339,8 @@ class Controller:
                 submitted = _last_time(history, Phase.SUBMITTED, t.attempt)
                 if submitted is not None:
                     metrics.QUEUE_WAIT.labels(group_name).observe(max((t.time - submitted).total_seconds(), 0))
-            elif t.from_phase in (Phase.STARTED, Phase.COMPUTATION_STARTED, Phase.COMPUTATION_ENDED):
+            elif t.to_phase not in RUNNING and t.from_phase in RUNNING:
+                # The attempt ended (or a kill began): observe its run once, by how it ended.
                 started = _last_time(history, Phase.STARTED, t.attempt)
                 if started is not None:
                     metrics.RUN_DURATION.labels(group_name, str(t.to_phase)).observe(

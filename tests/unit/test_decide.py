@@ -1,0 +1,208 @@
+"""decide(): from what the cluster shows of a task to its next status and actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simtask.decide import (
+    CreateJob,
+    DeleteJob,
+    DeleteTask,
+    GroupView,
+    Observed,
+    SuspendJob,
+    decide,
+    placement_group,
+    resubmit_backoff,
+)
+from simtask.lifecycle import Phase
+from tests.unit import fixtures as f
+
+Obj = dict[str, Any]
+
+
+def fresh(**spec: Any) -> Obj:
+    task = f.task(**spec)
+    task["status"] = {}
+    return task
+
+
+def settle(obs: Observed, seconds: float) -> tuple[Obj, Any]:
+    """decide() once, then again on its own output: the second pass must change nothing."""
+    first = decide(obs, f.at(seconds))
+    task = {**obs.task, "status": first.status}
+    again = decide(Observed(**{**obs.__dict__, "task": task}), f.at(seconds))
+    assert again.transitions == [], [t.to_phase for t in again.transitions]
+    assert again.status == first.status
+    # Actions may repeat (a Job not cached yet is created again and answers AlreadyExists).
+    assert {type(a) for a in again.actions} <= {type(a) for a in first.actions}
+    return task, first
+
+
+def phases(decision: Any) -> list[str]:
+    return [str(t.to_phase) for t in decision.transitions]
+
+
+def test_new_task_is_submitted_and_gets_its_job() -> None:
+    d = decide(Observed(task=fresh(), missing_inputs=[]), f.at(0))
+    assert phases(d) == ["Submitted"]
+    assert d.status["attempt"] == 1 and d.status["jobName"] == "cfd-wing-a1"
+    (action,) = d.actions
+    assert isinstance(action, CreateJob) and action.job["metadata"]["name"] == "cfd-wing-a1"
+    assert d.status["conditions"][0] == {**d.status["conditions"][0], "type": "Ready", "status": "False"}
+
+
+def test_waiting_for_the_job_is_a_fixed_point() -> None:
+    task, d = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    # With the status written and the Job not yet in the cache, nothing more happens.
+    again = decide(Observed(task=task, missing_inputs=[]), f.at(1))
+    assert again.transitions == [] and again.status == task["status"]
+
+
+def test_running_pod_walks_started_and_computation_started_with_cluster_times() -> None:
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    pod = f.pod(phase="Running", state=f.running(3), scheduled=1)
+    obs = Observed(task=task, jobs={1: f.job(active=1)}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()})
+    task, d = settle(obs, 5)
+    assert phases(d) == ["Started", "ComputationStarted"]
+    hist = {h["phase"]: h["time"] for h in d.status["history"]}
+    assert hist["Started"] == f.ts(1) and hist["ComputationStarted"] == f.ts(3)
+    assert d.status["nodeName"] == "cpu-standard-1" and d.status["podName"] == pod["metadata"]["name"]
+    assert "duration" not in d.status  # only a finished task has one
+
+
+def test_succeeded_pod_ends_in_success_with_conditions() -> None:
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    pod = f.pod(phase="Succeeded", state=f.terminated(0, started=3, finished=63), scheduled=1)
+    job = f.job(succeeded=1, conditions=f.job_complete(64), completion=64)
+    task, d = settle(Observed(task=task, jobs={1: job}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()}), 70)
+    assert phases(d) == ["Started", "ComputationStarted", "ComputationEnded", "Success"]
+    conds = {c["type"]: c["status"] for c in d.status["conditions"]}
+    assert conds == {"Ready": "True", "Reconciling": "False", "Stalled": "False", "Succeeded": "True",
+                     "Failed": "False"}
+    assert d.status["exitCode"] == 0 and d.status["completionTime"]
+    rec = d.status["attempts"][0]
+    assert rec["phase"] == "Success" and rec["cpuSeconds"] > 0
+
+
+def test_kill_deletes_the_job_then_ends_killed() -> None:
+    task, _ = settle(Observed(task=fresh(kill=False), missing_inputs=[]), 0)
+    pod = f.pod(phase="Running", state=f.running(3))
+    obs = Observed(task=task, jobs={1: f.job(active=1)}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()})
+    task, _ = settle(obs, 5)
+    task["spec"]["kill"] = True
+    d = decide(Observed(task=task, jobs={1: f.job(active=1)}, pods={1: [pod]}), f.at(6))
+    assert phases(d) == ["PendingKilled"] and d.actions == [DeleteJob("cfd-wing-a1")]
+    task["status"] = d.status
+    d = decide(Observed(task=task), f.at(8))
+    assert phases(d) == ["Killed"]
+    assert {c["type"]: c["status"] for c in d.status["conditions"]}["Failed"] == "True"
+
+
+def test_hold_before_start_creates_nothing_and_release_submits() -> None:
+    d = decide(Observed(task=fresh(hold=True), missing_inputs=[]), f.at(0))
+    assert phases(d) == ["Held"] and d.actions == []
+    task = {**fresh(hold=False), "status": d.status}
+    d = decide(Observed(task=task, missing_inputs=[]), f.at(1))
+    assert phases(d) == ["Submitted"] and d.status["reason"] == "Released"
+    assert isinstance(d.actions[0], CreateJob)
+
+
+def test_hold_with_an_unbound_job_suspends_it() -> None:
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    task["spec"]["hold"] = True
+    d = decide(Observed(task=task, jobs={1: f.job()}, pods={1: [f.pending_pod()]}, missing_inputs=[]), f.at(1))
+    assert phases(d) == ["Held"] and d.actions == [SuspendJob("cfd-wing-a1", True)]
+
+
+def test_missing_input_waits_and_polls() -> None:
+    d = decide(Observed(task=fresh(), missing_inputs=["input 'mesh': ConfigMap 'm' does not exist"]), f.at(0))
+    assert phases(d) == ["PendingInput"] and d.actions == []
+    assert "ConfigMap 'm'" in d.status["message"] and d.requeue_after is not None
+
+
+def preempted_task(**spec: Any) -> tuple[Obj, Observed]:
+    task, _ = settle(Observed(task=fresh(**spec), missing_inputs=[]), 0)
+    spot = f.node("cpu-spot-1", pool="cpu-spot", spot=True)
+    pod = f.pod(node_name="cpu-spot-1", phase="Failed",
+                state=f.terminated(143, started=3, finished=30),
+                extra_conditions=[f.disruption_target("DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint", when=29)])
+    job = f.job(failed=1, conditions=f.job_failed(31))
+    return task, Observed(task=task, jobs={1: job}, pods={1: [pod]}, nodes={"cpu-spot-1": spot}, missing_inputs=[])
+
+
+def test_spot_preemption_backs_off_then_resubmits_as_attempt_two() -> None:
+    _, obs = preempted_task()
+    task, d = settle(obs, 31)
+    assert phases(d)[-1] == "SpotPreempted"
+    assert d.status["nextAttemptTime"] and d.requeue_after is not None
+    assert not any(isinstance(a, CreateJob) for a in d.actions)
+    # After the backoff: a new attempt with its own Job and the previous phase in its env.
+    later = 31 + resubmit_backoff(0).total_seconds() + 5
+    d = decide(Observed(**{**obs.__dict__, "task": task}), f.at(later))
+    assert phases(d) == ["Submitted"]
+    assert d.status["attempt"] == 2 and d.status["resubmissions"] == 1
+    (create,) = [a for a in d.actions if isinstance(a, CreateJob)]
+    env = {e["name"]: e.get("value") for e in create.job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SIMTASK_ATTEMPT"] == "2" and env["SIMTASK_PREVIOUS_ATTEMPT_PHASE"] == "SpotPreempted"
+    assert d.status["attempts"][0]["phase"] == "SpotPreempted"
+
+
+def test_no_resubmission_budget_makes_preemption_terminal() -> None:
+    _, obs = preempted_task(maxResubmissions=0)
+    _, d = settle(obs, 31)
+    assert d.status["phase"] == "SpotPreempted" and d.requeue_after is None
+    assert {c["type"]: c["status"] for c in d.status["conditions"]}["Failed"] == "True"
+    assert "maxResubmissions" in d.status["message"]
+
+
+def test_retry_after_failure_starts_a_new_attempt() -> None:
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    pod = f.pod(phase="Failed", state=f.terminated(3, started=3, finished=9))
+    obs = Observed(task=task, jobs={1: f.job(failed=1, conditions=f.job_failed(10))}, pods={1: [pod]},
+                   missing_inputs=[])
+    task, d = settle(obs, 11)
+    assert d.status["phase"] == "Failed" and d.status["exitCode"] == 3
+    task["spec"]["retry"] = 1
+    d = decide(Observed(**{**obs.__dict__, "task": task}), f.at(20))
+    assert phases(d) == ["Submitted"] and d.status["attempt"] == 2
+    assert "exitCode" not in d.status
+    assert [a.job["metadata"]["name"] for a in d.actions if isinstance(a, CreateJob)] == ["cfd-wing-a2"]
+
+
+def test_ttl_after_finished_deletes_the_task_when_due() -> None:
+    task, _ = settle(Observed(task=fresh(ttlAfterFinished="30s"), missing_inputs=[]), 0)
+    task["spec"]["kill"] = True
+    d = decide(Observed(task=task), f.at(1))
+    task["status"] = d.status
+    assert d.status["phase"] == "Killed" and d.requeue_after == 30
+    assert DeleteTask() in decide(Observed(task=task), f.at(40)).actions
+
+
+def test_group_terminated_before_start_is_zombie() -> None:
+    view = GroupView(name="cpu-spot", obj=f.machine_group(), state="Terminated")
+    _, d = settle(Observed(task=fresh(machineGroup="cpu-spot"), missing_inputs=[], group=view), 0)
+    assert phases(d) == ["Submitted", "Zombie"] and "cpu-spot" in d.status["message"]
+    assert d.actions == []
+
+
+def test_group_not_created_yet_waits() -> None:
+    view = GroupView(name="cpu-spot", obj=None, state="Missing")
+    _, d = settle(Observed(task=fresh(machineGroup="cpu-spot"), missing_inputs=[], group=view), 0)
+    assert phases(d) == ["Submitted"] and d.actions == []
+    assert d.status["reason"] == "MachineGroupMissing"
+
+
+def test_quota_full_queues_with_position_and_no_job() -> None:
+    view = GroupView(name="cpu-spot", obj=f.machine_group(), state="Active", admits=False, queue_position=2)
+    d = decide(Observed(task=fresh(machineGroup="cpu-spot"), missing_inputs=[], group=view), f.at(0))
+    assert phases(d) == ["Submitted"] and d.actions == []
+    assert d.status["queuePosition"] == 2 and "position 2" in d.status["message"]
+
+
+def test_fallback_group_after_enough_spot_preemptions() -> None:
+    spec = {"machineGroup": "cpu-spot", "fallbackMachineGroup": "cpu-standard", "fallbackAfterPreemptions": 2}
+    assert placement_group(spec, 0) == "cpu-spot"
+    assert placement_group(spec, 1) == "cpu-spot"
+    assert placement_group(spec, 2) == "cpu-standard"
+    assert placement_group({"machineGroup": "g"}, 9) == "g"
