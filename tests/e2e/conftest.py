@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 
-from tests.e2e.cluster import KUBECONFIG, ROOT, eventually, kubectl
+from tests.e2e.cluster import KUBECONFIG, ROOT, STATE, eventually, kubectl
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -71,7 +71,7 @@ class Operator:
 
     def start(self) -> None:
         self.starts += 1
-        logdir = ROOT / ".testbed" / "logs"
+        logdir = STATE / "logs"
         logdir.mkdir(parents=True, exist_ok=True)
         log = open(logdir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115 - owned by the child
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, PYTHONUNBUFFERED="1")
