@@ -1,4 +1,4 @@
-"""Decide: from what the cluster shows of one SimulationTask, its next status and the actions to take.
+"""Decide: from what the cluster shows of a SimulationTask, its next status and actions.
 
 Pure: no I/O, no clock (`now` is an argument). The reconciler gathers an `Observed`, calls
 `decide`, performs the `Decision`'s actions, writes its status once and emits its events.
@@ -163,7 +163,8 @@ def resubmission_allowed(spec: Mapping[str, Any], resubmissions: int) -> bool:
 
 def resubmit_backoff(resubmissions: int) -> timedelta:
     """How long to wait before resubmission number `resubmissions + 1`."""
-    return min(RESUBMIT_BACKOFF_BASE * (2**resubmissions), RESUBMIT_BACKOFF_CAP)
+    backoff: timedelta = RESUBMIT_BACKOFF_BASE * (2 ** min(resubmissions, 20))
+    return min(backoff, RESUBMIT_BACKOFF_CAP)
 
 
 def placement_group(spec: Mapping[str, Any], spot_preemptions: int) -> str | None:
@@ -294,6 +295,8 @@ def decide(obs: Observed, now: datetime) -> Decision:
             _before_start(p)
         if p.phase in RUNNING or (p.phase == Phase.SUBMITTED and (p.job() or p.pods())):
             _follow_attempt(p)
+        if p.phase in RUNNING:
+            _group_gone_while_running(p)
         if p.phase in PREEMPTED:
             _after_preemption(p)
         _ttl_after_finished(p)
@@ -324,7 +327,9 @@ def _retry(p: _Pass) -> None:
         return
     p.status["retry"] = wanted
     if p.phase is not None and _terminal(p) and p.phase != Phase.SUCCESS:
-        p.new_attempt("RetryRequested", f"spec.retry raised to {wanted}: running attempt {p.attempt + 1}")
+        p.new_attempt(
+            "RetryRequested", f"spec.retry raised to {wanted}: running attempt {p.attempt + 1}"
+        )
 
 
 def _before_start(p: _Pass) -> None:
@@ -333,8 +338,11 @@ def _before_start(p: _Pass) -> None:
     group = obs.group
     if group is not None and group.state == "Missing":
         # Not created yet, perhaps: GitOps tools apply in no particular order.
-        p.move(Phase.SUBMITTED, "MachineGroupMissing",
-               f"MachineGroup {group.name!r} does not exist; the task waits for it")
+        p.move(
+            Phase.SUBMITTED,
+            "MachineGroupMissing",
+            f"MachineGroup {group.name!r} does not exist; the task waits for it",
+        )
         return
     if group is not None and group.state != "Active":
         what = {"Deleted": "was deleted", "Terminated": "was terminated", "Expired": "expired"}
@@ -343,7 +351,7 @@ def _before_start(p: _Pass) -> None:
         p.move(
             Phase.ZOMBIE,
             "MachineGroup" + group.state,
-            f"MachineGroup {group.name!r} {what.get(group.state, group.state)} before the task started",
+            f"MachineGroup {group.name!r} {what[group.state]} before the task started",
         )
         _cleanup_jobs(p)
         return
@@ -355,7 +363,9 @@ def _before_start(p: _Pass) -> None:
     if spec.get("hold"):
         bound = any((pod.get("spec") or {}).get("nodeName") for pod in p.pods())
         if not bound:
-            p.move(Phase.HELD, "HeldByUser", "spec.hold is true: the task waits until it is released")
+            p.move(
+                Phase.HELD, "HeldByUser", "spec.hold is true: the task waits until it is released"
+            )
             if job is not None and not (job.get("spec") or {}).get("suspend"):
                 p.decision.actions.append(SuspendJob(str(job["metadata"]["name"]), True))
             return
@@ -416,16 +426,27 @@ def _follow_attempt(p: _Pass) -> None:
         disruption = preemption.classify_disruption(None, node, node_name, None)
         obs_steps = _lost_steps(disruption, spot, node_name, p.now)
         view = AttemptObservation(
-            steps=obs_steps, job_name=p.status.get("jobName"), pod_name=p.status.get("podName"),
-            node_name=node_name, exit_code=None, start_time=None, end_time=p.now, ended=True,
-            delete_job=False, unschedulable_message=None,
+            steps=obs_steps,
+            job_name=p.status.get("jobName"),
+            pod_name=p.status.get("podName"),
+            node_name=node_name,
+            exit_code=None,
+            start_time=None,
+            end_time=p.now,
+            ended=True,
+            delete_job=False,
+            unschedulable_message=None,
         )
     else:
         view = observe_attempt(job, list(pods), node, spot=spot, node_name=node_name)
 
     if view.unschedulable_message and p.phase == Phase.SUBMITTED:
         p.status["reason"], p.status["message"] = "Unschedulable", view.unschedulable_message
-    for key, value in (("jobName", view.job_name), ("podName", view.pod_name), ("nodeName", view.node_name)):
+    for key, value in (
+        ("jobName", view.job_name),
+        ("podName", view.pod_name),
+        ("nodeName", view.node_name),
+    ):
         if value:
             p.status[key] = value
     if view.exit_code is not None:
@@ -440,8 +461,17 @@ def _follow_attempt(p: _Pass) -> None:
             break
 
     rec = p.attempt_record() or {"attempt": p.attempt}
-    rec.update({k: v for k, v in (("jobName", view.job_name), ("podName", view.pod_name),
-                                  ("nodeName", view.node_name)) if v})
+    rec.update(
+        {
+            k: v
+            for k, v in (
+                ("jobName", view.job_name),
+                ("podName", view.pod_name),
+                ("nodeName", view.node_name),
+            )
+            if v
+        }
+    )
     if p.obs.group is not None:
         rec["machineGroup"] = p.obs.group.name
     if view.start_time:
@@ -450,10 +480,31 @@ def _follow_attempt(p: _Pass) -> None:
         rec["spot"] = spot
     p.put_attempt_record(rec)
 
-    if view.delete_job and job is not None and not (job.get("metadata") or {}).get("deletionTimestamp"):
+    if (
+        view.delete_job
+        and job is not None
+        and not (job.get("metadata") or {}).get("deletionTimestamp")
+    ):
         p.decision.actions.append(DeleteJob(str(job["metadata"]["name"])))
     if view.ended and p.phase is not None and p.phase not in RUNNING:
         _close_attempt(p, p.phase, view.end_time or p.now)
+
+
+def _group_gone_while_running(p: _Pass) -> None:
+    """The task's MachineGroup was terminated, expired or deleted under it: stop it."""
+    group = p.obs.group
+    if group is None or group.state in ("Active", "Missing"):
+        return
+    if group.state == "Expired":
+        phase, reason = Phase.EXECUTOR_TERMINATED_TTL_EXCEEDED, "MachineGroupExpired"
+        message = f"MachineGroup {group.name!r} reached its timeToLive while the task ran"
+    else:
+        phase, reason = Phase.EXECUTOR_TERMINATED_BY_USER, "MachineGroup" + group.state
+        verb = "was deleted" if group.state == "Deleted" else "was terminated"
+        message = f"MachineGroup {group.name!r} {verb} by the user while the task ran"
+    if p.move(phase, reason, message):
+        _close_attempt(p, phase, p.now)
+        _cleanup_jobs(p)
 
 
 def _lost_steps(
@@ -464,8 +515,10 @@ def _lost_steps(
     if disruption is not None and disruption.kind == "preempted":
         return (Step(preemption.preempted_phase(spot), now, disruption.reason, disruption.message),)
     reason = disruption.reason if disruption else "ExecutorLost"
-    message = disruption.message if disruption else (
-        f"the Job and pod of this attempt disappeared (node {node_name or 'unknown'})"
+    message = (
+        disruption.message
+        if disruption
+        else (f"the Job and pod of this attempt disappeared (node {node_name or 'unknown'})")
     )
     return (Step(Phase.EXECUTOR_FAILED, now, reason, message),)
 
@@ -497,7 +550,8 @@ def _after_preemption(p: _Pass) -> None:
             else f"maxResubmissions {p.spec.get('maxResubmissions', 3)} reached"
         )
         # From the history entry, not the current message, so a second pass adds nothing.
-        lost = next((h for h in reversed(p.status["history"]) if h.get("phase") == p.phase), {})
+        history: list[dict[str, Any]] = p.status["history"]
+        lost = next((h for h in reversed(history) if h.get("phase") == p.phase), {})
         p.status["message"] = f"{lost.get('message', p.phase)} ({why}; no resubmission)"
         _cleanup_jobs(p)
         return
@@ -518,11 +572,18 @@ def _after_preemption(p: _Pass) -> None:
     _before_start(p)
 
 
+def _job_finished(job: Obj) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
+
+
 def _cleanup_jobs(p: _Pass) -> None:
+    """Delete every Job of the task that could still run a pod."""
     for job in p.obs.jobs.values():
         meta = job.get("metadata") or {}
-        status = job.get("status") or {}
-        if not meta.get("deletionTimestamp") and int(status.get("active") or 0) > 0:
+        if not meta.get("deletionTimestamp") and not _job_finished(job):
             p.decision.actions.append(DeleteJob(str(meta["name"])))
 
 
@@ -554,7 +615,9 @@ def _finish_status(p: _Pass) -> None:
     # pass, and every write is a watch event that starts another pass.
     start, end = parse_ts(status.get("startTime")), parse_ts(status.get("completionTime"))
     if start is not None and end is not None:
-        status["duration"] = format_duration(timedelta(seconds=round((end - start).total_seconds())))
+        status["duration"] = format_duration(
+            timedelta(seconds=round((end - start).total_seconds()))
+        )
     else:
         status.pop("duration", None)
     generation = int((p.task.get("metadata") or {}).get("generation") or 0)
@@ -573,9 +636,13 @@ def _finish_status(p: _Pass) -> None:
     if terminal:
         conds.append(("Succeeded", "True" if succeeded else "False", reason))
         conds.append(("Failed", "False" if succeeded else "True", reason))
-    status["conditions"] = _conditions(p.old_status.get("conditions") or [], conds, message, generation, p.now)
+    status["conditions"] = _conditions(
+        p.old_status.get("conditions") or [], conds, message, generation, p.now
+    )
     if terminal is False:
-        status["conditions"] = [c for c in status["conditions"] if c["type"] not in ("Succeeded", "Failed")]
+        status["conditions"] = [
+            c for c in status["conditions"] if c["type"] not in ("Succeeded", "Failed")
+        ]
     for key in [k for k, v in status.items() if v is None]:
         del status[key]
 
@@ -600,7 +667,9 @@ def _conditions(
                 "reason": reason,
                 "message": message,
                 "observedGeneration": generation,
-                "lastTransitionTime": ts(now) if changed else prev.get("lastTransitionTime", ts(now)),  # type: ignore[union-attr]
+                "lastTransitionTime": ts(now)
+                if changed
+                else prev.get("lastTransitionTime", ts(now)),  # type: ignore[union-attr]
             }
         )
     return out

@@ -154,7 +154,9 @@ class Informer:
             async with await self.request(self.path, params) as resp:
                 body = await resp.json()
             if resp.status != 200:
-                raise RuntimeError(f"list {self.resource}: HTTP {resp.status}: {body.get('message')}")
+                raise RuntimeError(
+                    f"list {self.resource}: HTTP {resp.status}: {body.get('message')}"
+                )
             kind = str(body.get("kind", "")).removesuffix("List")
             api_version = body.get("apiVersion")
             for item in body.get("items") or []:

@@ -30,7 +30,7 @@ class ApiError(Exception):
 async def load_client(kubeconfig: str | None = None) -> client.ApiClient:
     """An API client from the in-cluster service account, or else from the kubeconfig."""
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
         return client.ApiClient()
     except config.ConfigException:
         conf = client.Configuration()
@@ -46,27 +46,47 @@ class Kube:
         self.request_timeout = request_timeout
         conn = api.rest_client.pool_manager.connector
         if isinstance(conn, aiohttp.TCPConnector):
-            conn._limit = max(conn.limit, 64)  # more concurrent requests than the default 100/host pool
+            conn._limit = max(
+                conn.limit, 64
+            )  # more concurrent requests than the default 100/host pool
 
     async def raw(
-        self, method: str, path: str, params: dict[str, str] | None = None, body: Any = None,
-        content_type: str = "application/json", timeout: float | None = None,
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> aiohttp.ClientResponse:
         """The raw response (for watches): the caller reads and releases it."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         resp: aiohttp.ClientResponse = await self.api.call_api(
-            path, method, query_params=list((params or {}).items()), header_params=headers,
-            body=body, auth_settings=["BearerToken"], _preload_content=False,
+            path,
+            method,
+            query_params=list((params or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
             _request_timeout=timeout,
         )
         return resp
 
     async def request(
-        self, method: str, path: str, *, resource: str, params: dict[str, str] | None = None,
-        body: Any = None, content_type: str = "application/json",
+        self,
+        method: str,
+        path: str,
+        *,
+        resource: str,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
     ) -> Obj:
         """A request whose answer is JSON; non-2xx answers raise ApiError."""
-        async with await self.raw(method, path, params, body, content_type, self.request_timeout) as resp:
+        async with await self.raw(
+            method, path, params, body, content_type, self.request_timeout
+        ) as resp:
             text = await resp.text()
         data: Obj = json.loads(text) if text else {}
         if resp.status >= 300:
@@ -100,8 +120,14 @@ class Kube:
         """Delete; an object already gone is fine."""
         try:
             await self.request(
-                "DELETE", path, resource=resource,
-                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
+                "DELETE",
+                path,
+                resource=resource,
+                body={
+                    "kind": "DeleteOptions",
+                    "apiVersion": "v1",
+                    "propagationPolicy": propagation,
+                },
             )
         except ApiError as exc:
             if exc.code != 404:

@@ -80,6 +80,10 @@ class GroupBook:
                 out.append(obj_key(task))
         return out
 
+    def waiting_tasks(self, group: str) -> list[Key]:
+        """Tasks queued for `group` (no Job yet)."""
+        return [obj_key(t) for t in self.tasks.objects.values() if self._waiting(t, group)]
+
     def _holds_slot(self, task: Obj, group: str) -> bool:
         status = task.get("status") or {}
         return (
@@ -112,6 +116,8 @@ class GroupBook:
             return None
         group = self.groups.get(("", name))
         state = group_state(group, now)
+        if state == "Missing" and phase in RUNNING:
+            state = "Deleted"  # The task was placed on it, so it existed.
         if group is None or state != "Active":
             return GroupView(name=name, obj=group, state=state)
         key = obj_key(task)
@@ -125,13 +131,19 @@ class GroupBook:
         holders = {obj_key(t) for t in self.tasks.objects.values() if self._holds_slot(t, name)}
         reserved -= holders  # Their status shows the Job now.
         reserved.intersection_update(
-            k for k in list(reserved) if (t := self.tasks.get(k)) is not None and self._waiting(t, name)
+            k
+            for k in list(reserved)
+            if (t := self.tasks.get(k)) is not None and self._waiting(t, name)
         )
         active = len((holders | reserved) - {key})
         if key in holders:
             return GroupView(name=name, obj=group, state=state, unplaceable=unplaceable)
         queue = sorted(
-            (t for t in self.tasks.objects.values() if self._waiting(t, name) and obj_key(t) not in reserved),
+            (
+                t
+                for t in self.tasks.objects.values()
+                if self._waiting(t, name) and obj_key(t) not in reserved
+            ),
             key=_waiting_since,
         )
         position = next((i + 1 for i, t in enumerate(queue) if obj_key(t) == key), len(queue) + 1)
@@ -140,10 +152,18 @@ class GroupBook:
         if admits:
             reserved.add(key)
             return GroupView(name=name, obj=group, state=state, unplaceable=unplaceable)
-        return GroupView(name=name, obj=group, state=state, admits=False,
-                         queue_position=max(position - max(free, 0), 1), unplaceable=unplaceable)
+        return GroupView(
+            name=name,
+            obj=group,
+            state=state,
+            admits=False,
+            queue_position=max(position - max(free, 0), 1),
+            unplaceable=unplaceable,
+        )
 
-    def _unplaceable(self, spec: Mapping[str, Any], gspec: Mapping[str, Any], name: str) -> str | None:
+    def _unplaceable(
+        self, spec: Mapping[str, Any], gspec: Mapping[str, Any], name: str
+    ) -> str | None:
         gpus = int((spec.get("resources") or {}).get("gpu") or 0)
         if not gpus:
             return None
@@ -151,9 +171,130 @@ class GroupBook:
         members = [n for n in self.nodes.objects.values() if selects(n, selector)]
         if not members:
             return None
-        most = max(int(((n.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu", 0))
-                   for n in members)
+        most = max(
+            int(((n.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu", 0))
+            for n in members
+        )
         if gpus > most:
-            return (f"asks for {gpus} GPUs but the largest node of MachineGroup {name!r} has {most}; "
-                    f"it can never be scheduled there")
+            return (
+                f"asks for {gpus} GPUs but the largest node of MachineGroup {name!r} has {most}; "
+                f"it can never be scheduled there"
+            )
         return None
+
+
+# ---------------------------------------------------------------- the group's own status
+
+#: Keeps a deleted group until the operator has stopped its tasks.
+GROUP_FINALIZER = "simtask.dev/machinegroup"
+
+
+def _condition(
+    old: list[dict[str, Any]],
+    ctype: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> dict[str, Any]:
+    prev = next((c for c in old if c.get("type") == ctype), None)
+    when = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": when or now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def group_status(group: Obj, nodes: list[Obj], tasks: list[Obj], now: datetime) -> dict[str, Any]:
+    """The status of a MachineGroup from its nodes and the tasks placed on it (pure)."""
+    from simtask.preemption import is_spot_node
+
+    spec = group.get("spec") or {}
+    meta = group.get("metadata") or {}
+    old = dict(group.get("status") or {})
+    name = str(meta.get("name"))
+    state = group_state(group, now)
+    members = [n for n in nodes if selects(n, spec.get("nodeSelector") or {})]
+    ready = [
+        n
+        for n in members
+        if any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (n.get("status") or {}).get("conditions") or []
+        )
+    ]
+    gpus = sum(
+        int(((n.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu", 0))
+        for n in members
+    )
+    explicit = spec.get("spot")
+    spot = (
+        bool(explicit)
+        if explicit is not None
+        else bool(members)
+        and all(is_spot_node((n.get("metadata") or {}).get("labels") or {}) for n in members)
+    )
+    running = sum(
+        1
+        for t in tasks
+        if (t.get("status") or {}).get("machineGroup") == name
+        and parse_phase((t.get("status") or {}).get("phase")) in RUNNING
+    )
+    book_waiting = [
+        t
+        for t in tasks
+        if parse_phase((t.get("status") or {}).get("phase")) == Phase.SUBMITTED
+        and not (t.get("status") or {}).get("jobName")
+        and placement_group(t.get("spec") or {}, _spot_preemptions(t)) == name
+    ]
+    phase = {"Active": "Active", "Expired": "Expired"}.get(state, "Terminated")
+    status: dict[str, Any] = {
+        "phase": phase,
+        "nodes": len(members),
+        "readyNodes": len(ready),
+        "gpus": gpus,
+        "spot": spot,
+        "runningTasks": running,
+        "queuedTasks": len(book_waiting),
+        "observedGeneration": int(meta.get("generation") or 0),
+    }
+    ttl = spec.get("timeToLive")
+    created = parse_ts(meta.get("creationTimestamp"))
+    if ttl and created is not None:
+        status["expiresAt"] = (
+            (created + parse_duration(str(ttl))).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+    if phase == "Active":
+        reason, message = (
+            ("NodesReady", f"{len(ready)} of {len(members)} nodes Ready")
+            if ready
+            else ("NoNodes", "no Ready node matches spec.nodeSelector; tasks wait in Submitted")
+        )
+    elif phase == "Expired":
+        reason, message = "Expired", "spec.timeToLive ran out; the group's tasks were stopped"
+    elif state == "Deleted":
+        reason, message = "Deleted", "the group is being deleted; its tasks are stopped first"
+    else:
+        reason, message = "Terminated", "spec.terminate is true; the group's tasks were stopped"
+    # A group that has been Terminated or Expired stays so (a terminal phase).
+    if old.get("phase") in ("Terminated", "Expired") and phase == "Active":
+        status["phase"] = old["phase"]
+    gen = status["observedGeneration"]
+    status["reason"], status["message"] = reason, message
+    status["conditions"] = [
+        _condition(
+            list(old.get("conditions") or []),
+            "Ready",
+            "True" if status["phase"] == "Active" and ready else "False",
+            reason,
+            message,
+            gen,
+            now,
+        )
+    ]
+    return status

@@ -6,7 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
-TASKS = Gauge("simtask_tasks", "SimulationTasks by phase and MachineGroup", ["phase", "machine_group"])
+TASKS = Gauge(
+    "simtask_tasks", "SimulationTasks by phase and MachineGroup", ["phase", "machine_group"]
+)
 TRANSITIONS = Counter(
     "simtask_transitions_total", "Phase transitions of SimulationTasks", ["from_phase", "to_phase"]
 )

@@ -1,4 +1,4 @@
-"""Act: observe a task from the caches, decide, then create/delete Jobs and write the status once."""
+"""Act: observe a task from the caches, decide, create/delete Jobs, write the status once."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from simtask.decide import (
 )
 from simtask.informers import Informer, Key, Obj, Store, obj_key
 from simtask.kube import ApiError, Kube
-from simtask.lifecycle import NOT_STARTED, RUNNING, Phase, parse_phase
-from simtask.machinegroups import GroupBook
+from simtask.lifecycle import NOT_STARTED, RUNNING, Phase, is_terminal, parse_phase
+from simtask.machinegroups import GROUP_FINALIZER, GroupBook, group_state, group_status
 from simtask.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,18 @@ def _node_changed(old: Obj | None, new: Obj) -> bool:
         return False
 
     def view(node: Obj) -> Any:
-        ready = [c.get("status") for c in (node.get("status") or {}).get("conditions") or []
-                 if c.get("type") == "Ready"]
+        ready = [
+            c.get("status")
+            for c in (node.get("status") or {}).get("conditions") or []
+            if c.get("type") == "Ready"
+        ]
         spec = node.get("spec") or {}
-        return (spec.get("taints"), spec.get("unschedulable"), ready,
-                (node.get("metadata") or {}).get("deletionTimestamp"))
+        return (
+            spec.get("taints"),
+            spec.get("unschedulable"),
+            ready,
+            (node.get("metadata") or {}).get("deletionTimestamp"),
+        )
 
     return bool(view(old) != view(new))
 
@@ -76,6 +83,7 @@ class Controller:
     def __init__(self, kube: Kube, *, workers: int = 8) -> None:
         self.kube = kube
         self.queue = WorkQueue()
+        self.group_queue = WorkQueue()
         self.tasks = Store({"uid": lambda o: [(o.get("metadata") or {}).get("uid")]})
         self.groups = Store()
         self.jobs = Store({"task": _task_uid})
@@ -87,12 +95,32 @@ class Controller:
         selector = names.LABEL_TASK_UID
         restart = lambda r: metrics.WATCH_RESTARTS.labels(r).inc()  # noqa: E731
         self.informers = [
-            Informer("jobs", "/apis/batch/v1/jobs", kube.watch_request, self.jobs,
-                     label_selector=selector, listeners=[self._on_owned], on_restart=restart),
-            Informer("pods", "/api/v1/pods", kube.watch_request, self.pods,
-                     label_selector=selector, listeners=[self._on_owned], on_restart=restart),
-            Informer("nodes", "/api/v1/nodes", kube.watch_request, self.nodes,
-                     listeners=[self._on_node], on_restart=restart),
+            Informer(
+                "jobs",
+                "/apis/batch/v1/jobs",
+                kube.watch_request,
+                self.jobs,
+                label_selector=selector,
+                listeners=[self._on_owned],
+                on_restart=restart,
+            ),
+            Informer(
+                "pods",
+                "/api/v1/pods",
+                kube.watch_request,
+                self.pods,
+                label_selector=selector,
+                listeners=[self._on_owned],
+                on_restart=restart,
+            ),
+            Informer(
+                "nodes",
+                "/api/v1/nodes",
+                kube.watch_request,
+                self.nodes,
+                listeners=[self._on_node],
+                on_restart=restart,
+            ),
         ]
         self.ready = asyncio.Event()
 
@@ -105,9 +133,15 @@ class Controller:
         await asyncio.gather(*(inf.synced.wait() for inf in self.informers))
         for i in range(self.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._group_worker(), name="group-worker"))
         self._tasks.append(asyncio.create_task(self._gauges(), name="gauges"))
         self.ready.set()
-        logger.info("caches synced: %d jobs, %d pods, %d nodes", len(self.jobs), len(self.pods), len(self.nodes))
+        logger.info(
+            "caches synced: %d jobs, %d pods, %d nodes",
+            len(self.jobs),
+            len(self.pods),
+            len(self.nodes),
+        )
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -134,6 +168,7 @@ class Controller:
         else:
             self.groups.put(body)
         name = str((body.get("metadata") or {}).get("name"))
+        self.group_queue.add(name)
         for key in self.book.tasks_of(name):
             self.queue.add(key)
 
@@ -148,11 +183,12 @@ class Controller:
                 self.queue.add(key)
 
     def _on_node(self, etype: str, obj: Obj, prev: Obj | None) -> None:
-        if etype == "ADDED" or (etype == "MODIFIED" and not _node_changed(prev, obj)):
-            if etype == "ADDED":
-                self.book.nodes_changed()
+        if etype == "MODIFIED" and not _node_changed(prev, obj):
             return
-        self.book.nodes_changed()
+        for group in list(self.groups.objects):
+            self.group_queue.add(group[1])  # Group capacity may have changed.
+        if etype == "ADDED":
+            return
         name = (obj.get("metadata") or {}).get("name")
         for pod in self.pods.by("node", name):
             self._on_owned(etype, pod, None)
@@ -183,12 +219,108 @@ class Controller:
                 metrics.RECONCILE_DURATION.observe(time.perf_counter() - t0)
                 self.queue.done(key)
 
+    async def _group_worker(self) -> None:
+        while True:
+            name = await self.group_queue.get()
+            try:
+                await self.reconcile_group(str(name))
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.code != 409:
+                    metrics.RECONCILE_ERRORS.labels("api").inc()
+                    logger.warning("MachineGroup %s: %s", name, exc)
+                self.group_queue.add_after(name, 0.5 if exc.code == 409 else 2.0)
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels("internal").inc()
+                logger.exception("MachineGroup %s failed", name)
+                self.group_queue.add_after(name, 5.0)
+            finally:
+                self.group_queue.done(name)
+
+    async def reconcile_group(self, name: str) -> None:
+        """Status, finalizer and expiry of one MachineGroup."""
+        group = self.groups.get(("", name))
+        if group is None:
+            return
+        meta = group["metadata"]
+        path = f"/apis/{GROUP}/{VERSION}/machinegroups/{name}"
+        finalizers = list(meta.get("finalizers") or [])
+        now = datetime.now(UTC)
+        members = [self.tasks.get(k) for k in self.book.tasks_of(name)]
+        tasks = [t for t in members if t is not None]
+        if meta.get("deletionTimestamp"):
+            if GROUP_FINALIZER in finalizers and not self._group_busy(name, tasks):
+                finalizers.remove(GROUP_FINALIZER)
+                await self.kube.merge_patch(
+                    path,
+                    {
+                        "metadata": {
+                            "finalizers": finalizers,
+                            "resourceVersion": meta["resourceVersion"],
+                        }
+                    },
+                    resource="machinegroups",
+                )
+            elif GROUP_FINALIZER in finalizers:
+                self.group_queue.add_after(name, 1.0)
+            return
+        if GROUP_FINALIZER not in finalizers:
+            updated = await self.kube.merge_patch(
+                path,
+                {
+                    "metadata": {
+                        "finalizers": [*finalizers, GROUP_FINALIZER],
+                        "resourceVersion": meta["resourceVersion"],
+                    }
+                },
+                resource="machinegroups",
+            )
+            self.groups.put(updated)
+            group = updated
+        status = group_status(group, list(self.nodes.objects.values()), tasks, now)
+        if status != (group.get("status") or {}):
+            updated = await self.kube.merge_patch(
+                path + "/status",
+                {
+                    "metadata": {"resourceVersion": group["metadata"]["resourceVersion"]},
+                    "status": status,
+                },
+                resource="machinegroups",
+            )
+            self.groups.put(updated)
+        if group_state(group, now) != "Active":
+            for task in tasks:
+                self.queue.add(obj_key(task))
+        elif status.get("expiresAt"):
+            expires = parse_ts(status["expiresAt"])
+            if expires is not None:
+                self.group_queue.add_after(name, max((expires - now).total_seconds(), 0) + 0.1)
+
+    def _group_busy(self, name: str, tasks: list[Obj]) -> bool:
+        """Whether a task of the group still has to be stopped before the group may go."""
+        for task in tasks:
+            status = task.get("status") or {}
+            phase = parse_phase(status.get("phase"))
+            if not is_terminal(phase):
+                return True
+        return any(
+            ((job.get("metadata") or {}).get("labels") or {}).get(names.LABEL_MACHINE_GROUP) == name
+            and not any(
+                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                for c in (job.get("status") or {}).get("conditions") or []
+            )
+            for job in self.jobs.objects.values()
+        )
+
     async def _gauges(self) -> None:
         while True:
             counts: dict[tuple[str, str], int] = {}
             for task in list(self.tasks.objects.values()):
                 status = task.get("status") or {}
-                group = str(status.get("machineGroup") or (task.get("spec") or {}).get("machineGroup") or "")
+                group = str(
+                    status.get("machineGroup") or (task.get("spec") or {}).get("machineGroup") or ""
+                )
                 k = (str(status.get("phase") or "Pending"), group)
                 counts[k] = counts.get(k, 0) + 1
             metrics.TASKS.clear()
@@ -214,23 +346,38 @@ class Controller:
         status = task.get("status") or {}
         if status.get("nodeName"):
             node_names.add(status["nodeName"])
-        nodes = {str(n): node for n in node_names if (node := self.nodes.get(("", str(n)))) is not None}
+        nodes = {
+            str(n): node for n in node_names if (node := self.nodes.get(("", str(n)))) is not None
+        }
 
         phase = parse_phase(status.get("phase"))
         missing = None
-        if phase is None or phase in NOT_STARTED or phase in (Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED):
+        if (
+            phase is None
+            or phase in NOT_STARTED
+            or phase in (Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED)
+        ):
             missing = await self._missing_inputs(task)
         group = self.book.view(task)
 
         now = datetime.now(UTC)
         decision = decide(
-            Observed(task=task, jobs=jobs, pods=pods, nodes=nodes, missing_inputs=missing, group=group),
+            Observed(
+                task=task, jobs=jobs, pods=pods, nodes=nodes, missing_inputs=missing, group=group
+            ),
             now,
         )
         for refused in decision.refused:
             logger.warning("%s/%s: refused move %s", *key, refused)
         await self._write_status(task, decision)
         await self._act(task, decision)
+        if group is not None and (decision.transitions or decision.actions):
+            self.group_queue.add(group.name)
+            if group.obj is not None and (group.obj.get("spec") or {}).get("maxConcurrentTasks"):
+                # A slot may have freed or the queue moved: the tasks waiting look again.
+                for other in self.book.waiting_tasks(group.name):
+                    if other != key:
+                        self.queue.add(other)
         self._observe_metrics(task, decision, group)
         if decision.requeue_after is not None:
             self.queue.add_after(key, decision.requeue_after)
@@ -241,10 +388,18 @@ class Controller:
         for item in (task.get("spec") or {}).get("inputs") or []:
             name = item.get("name")
             if item.get("configMap"):
-                kind, path, res = "ConfigMap", f"/api/v1/namespaces/{ns}/configmaps/{item['configMap']}", "configmaps"
+                kind, path, res = (
+                    "ConfigMap",
+                    f"/api/v1/namespaces/{ns}/configmaps/{item['configMap']}",
+                    "configmaps",
+                )
                 ref = item["configMap"]
             elif item.get("secret"):
-                kind, path, res = "Secret", f"/api/v1/namespaces/{ns}/secrets/{item['secret']}", "secrets"
+                kind, path, res = (
+                    "Secret",
+                    f"/api/v1/namespaces/{ns}/secrets/{item['secret']}",
+                    "secrets",
+                )
                 ref = item["secret"]
             else:
                 ref = item.get("persistentVolumeClaim")
@@ -253,7 +408,10 @@ class Controller:
             obj = await self.kube.get(path, resource=res)
             if obj is None:
                 missing.append(f"input {name!r}: {kind} {ref!r} does not exist in namespace {ns!r}")
-            elif kind == "PersistentVolumeClaim" and (obj.get("status") or {}).get("phase") != "Bound":
+            elif (
+                kind == "PersistentVolumeClaim"
+                and (obj.get("status") or {}).get("phase") != "Bound"
+            ):
                 missing.append(
                     f"input {name!r}: PersistentVolumeClaim {ref!r} is "
                     f"{(obj.get('status') or {}).get('phase', 'Pending')}, not Bound"
@@ -290,41 +448,71 @@ class Controller:
                     if exc.code == 409:
                         continue  # Created before a restart: the name is the attempt's own.
                     if exc.code in (400, 403, 422):
-                        await self._event(task, Phase.FAILED, "JobRejected", exc.message, warning=True)
+                        await self._event(
+                            task, Phase.FAILED, "JobRejected", exc.message, warning=True
+                        )
                     raise
             elif isinstance(action, DeleteJob):
-                await self.kube.delete(f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
-                                       resource="jobs", propagation="Background")
+                await self.kube.delete(
+                    f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
+                    resource="jobs",
+                    propagation="Background",
+                )
             elif isinstance(action, SuspendJob):
-                await self.kube.merge_patch(f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
-                                            {"spec": {"suspend": action.suspend}}, resource="jobs")
+                await self.kube.merge_patch(
+                    f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
+                    {"spec": {"suspend": action.suspend}},
+                    resource="jobs",
+                )
             elif isinstance(action, DeleteTask):
-                await self.kube.delete(task_path(ns, task["metadata"]["name"]), resource="simulationtasks")
+                await self.kube.delete(
+                    task_path(ns, task["metadata"]["name"]), resource="simulationtasks"
+                )
 
-    async def _event(self, task: Obj, phase: Phase | str, reason: str, message: str, *,
-                     warning: bool = False) -> None:
+    async def _event(
+        self, task: Obj, phase: Phase | str, reason: str, message: str, *, warning: bool = False
+    ) -> None:
         meta = task["metadata"]
         now = ts(datetime.now(UTC))
-        warn = warning or str(phase) in {"Failed", "Zombie", "ExecutorFailed", "TTLExceeded", "SpotPreempted",
-                                         "ExecutorTerminated", "ExecutorTerminatedByUser",
-                                         "ExecutorTerminatedTTLExceeded"}
+        warn = warning or str(phase) in {
+            "Failed",
+            "Zombie",
+            "ExecutorFailed",
+            "TTLExceeded",
+            "SpotPreempted",
+            "ExecutorTerminated",
+            "ExecutorTerminatedByUser",
+            "ExecutorTerminatedTTLExceeded",
+        }
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name'][:200]}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SimulationTask",
-                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
-                               "resourceVersion": meta.get("resourceVersion")},
+            "metadata": {
+                "name": f"{meta['name'][:200]}.{uuid.uuid4().hex[:12]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "SimulationTask",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
             "type": "Warning" if warn else "Normal",
             "reason": reason if reason and reason[0].isupper() else str(phase),
             "message": f"{phase}: {message}"[:1024],
             "source": {"component": "simtask-operator"},
             "reportingComponent": "simtask.dev/operator",
             "reportingInstance": "simtask-operator",
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         try:
-            await self.kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", event, resource="events")
+            await self.kube.create(
+                f"/api/v1/namespaces/{meta['namespace']}/events", event, resource="events"
+            )
         except ApiError as exc:
             logger.info("event for %s/%s not posted: %s", meta["namespace"], meta["name"], exc)
 
@@ -333,18 +521,24 @@ class Controller:
         history = decision.status.get("history") or []
         for t in decision.transitions:
             metrics.TRANSITIONS.labels(str(t.from_phase or ""), str(t.to_phase)).inc()
-            if t.from_phase in (Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED) and t.to_phase == Phase.SUBMITTED:
+            if (
+                t.from_phase in (Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED)
+                and t.to_phase == Phase.SUBMITTED
+            ):
                 metrics.RESUBMISSIONS.labels(str(t.from_phase)).inc()
             if t.to_phase == Phase.STARTED:
                 submitted = _last_time(history, Phase.SUBMITTED, t.attempt)
                 if submitted is not None:
-                    metrics.QUEUE_WAIT.labels(group_name).observe(max((t.time - submitted).total_seconds(), 0))
+                    metrics.QUEUE_WAIT.labels(group_name).observe(
+                        max((t.time - submitted).total_seconds(), 0)
+                    )
             elif t.to_phase not in RUNNING and t.from_phase in RUNNING:
                 # The attempt ended (or a kill began): observe its run once, by how it ended.
                 started = _last_time(history, Phase.STARTED, t.attempt)
                 if started is not None:
                     metrics.RUN_DURATION.labels(group_name, str(t.to_phase)).observe(
-                        max((t.time - started).total_seconds(), 0))
+                        max((t.time - started).total_seconds(), 0)
+                    )
 
 
 def _last_time(history: list[dict[str, Any]], phase: Phase, attempt: int) -> datetime | None:

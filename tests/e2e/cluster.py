@@ -35,7 +35,9 @@ def eventually(
         if last:
             return last
         if time.monotonic() > deadline:
-            raise Timeout(f"timed out after {timeout:.0f}s waiting for {what or probe}; last: {last!r}")
+            raise Timeout(
+                f"timed out after {timeout:.0f}s waiting for {what or probe}; last: {last!r}"
+            )
         time.sleep(interval)
 
 
@@ -53,7 +55,9 @@ def kubectl_binary() -> str:
 _KUBECTL: str | None = None
 
 
-def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    *args: str, input_text: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run kubectl against the local cluster."""
     global _KUBECTL
     if _KUBECTL is None:

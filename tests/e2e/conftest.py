@@ -76,18 +76,33 @@ class Operator:
         log = open(logdir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115 - owned by the child
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simtask.main", "--bind", "127.0.0.1",
-             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "simtask.main",
+                "--bind",
+                "127.0.0.1",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--health-port",
+                str(self.health_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         eventually(self._healthy, timeout=60, what="operator /healthz with synced caches")
 
     def _healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"operator exited with {self.proc.returncode}; see .testbed/logs/operator-{self.starts}.log")
+            raise AssertionError(
+                f"operator exited with {self.proc.returncode}; log: operator-{self.starts}.log"
+            )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as resp:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
+            ) as resp:
                 return resp.status == 200 and json.loads(resp.read()).get("caches") is True
         except (OSError, ValueError):
             return False
@@ -107,7 +122,9 @@ class Operator:
                 self.kill()
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as resp:
             return str(resp.read().decode())
 
 
@@ -115,8 +132,13 @@ class Operator:
 def crds(cluster: str) -> None:
     """The CRDs, installed as users install them, and Established."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/simulationtasks.simtask.dev", "crd/machinegroups.simtask.dev")
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/simulationtasks.simtask.dev",
+        "crd/machinegroups.simtask.dev",
+    )
 
 
 @pytest.fixture(scope="session")

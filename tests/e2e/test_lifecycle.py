@@ -29,7 +29,13 @@ def test_task_runs_to_success_with_full_status(namespace: str) -> None:
     kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=90s", "simtask/cavity")
     task = get(namespace, "cavity")
     status = task["status"]
-    assert history(task) == ["Submitted", "Started", "ComputationStarted", "ComputationEnded", "Success"]
+    assert history(task) == [
+        "Submitted",
+        "Started",
+        "ComputationStarted",
+        "ComputationEnded",
+        "Success",
+    ]
     assert status["phase"] == "Success" and status["attempt"] == 1 and status["exitCode"] == 0
     assert status["jobName"] == "cavity-a1" and status["podName"].startswith("cavity-a1-")
     assert status["nodeName"].startswith("cpu-standard-")
@@ -45,8 +51,14 @@ def test_task_runs_to_success_with_full_status(namespace: str) -> None:
     out = kubectl("get", "st", "-n", namespace).stdout
     assert "PHASE" in out and "Success" in out
     # One Event per transition.
-    events = kubectl_json("get", "events", "-n", namespace,
-                          "--field-selector", "involvedObject.kind=SimulationTask,involvedObject.name=cavity")
+    events = kubectl_json(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.kind=SimulationTask,involvedObject.name=cavity",
+    )
     assert len(events["items"]) >= 5
 
 
@@ -62,15 +74,24 @@ def test_nonzero_exit_fails_with_exit_code(namespace: str) -> None:
 
 
 def test_oom_killed_simulator_fails_saying_so(namespace: str) -> None:
-    apply(namespace, task_manifest("oom", duration="1s", exit_code=137, annotations={
-        "testbed.simtask.dev/termination-reason": "OOMKilled"}))
+    apply(
+        namespace,
+        task_manifest(
+            "oom",
+            duration="1s",
+            exit_code=137,
+            annotations={"testbed.simtask.dev/termination-reason": "OOMKilled"},
+        ),
+    )
     task = wait_phase(namespace, "oom", "Failed")
     assert task["status"]["reason"] == "OOMKilled"
     assert "memory" in task["status"]["message"].lower()
 
 
 def test_image_that_cannot_be_pulled_fails_naming_the_image(namespace: str) -> None:
-    apply(namespace, task_manifest("badimage", annotations={"testbed.simtask.dev/image-pull": "fail"}))
+    apply(
+        namespace, task_manifest("badimage", annotations={"testbed.simtask.dev/image-pull": "fail"})
+    )
     task = wait_phase(namespace, "badimage", "Failed")
     assert task["status"]["reason"] == "ImagePullFailed"
     assert IMAGE in task["status"]["message"]
@@ -79,20 +100,34 @@ def test_image_that_cannot_be_pulled_fails_naming_the_image(namespace: str) -> N
 
 
 def test_task_waits_for_missing_input_then_runs(namespace: str) -> None:
-    apply(namespace, task_manifest("with-mesh", inputs=[{"name": "mesh", "configMap": "cavity-mesh"}]))
+    apply(
+        namespace, task_manifest("with-mesh", inputs=[{"name": "mesh", "configMap": "cavity-mesh"}])
+    )
     task = wait_phase(namespace, "with-mesh", "PendingInput")
     assert "cavity-mesh" in task["status"]["message"] and "ConfigMap" in task["status"]["message"]
     assert not jobs_of(namespace, "with-mesh")
-    kubectl("create", "configmap", "cavity-mesh", "-n", namespace, "--from-literal=blockMeshDict=cells 20")
+    kubectl(
+        "create",
+        "configmap",
+        "cavity-mesh",
+        "-n",
+        namespace,
+        "--from-literal=blockMeshDict=cells 20",
+    )
     task = wait_phase(namespace, "with-mesh", "Success")
     assert history(task)[:2] == ["PendingInput", "Submitted"]
     job = jobs_of(namespace, "with-mesh")[0]
     mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-    assert {"name": "input-mesh", "mountPath": "/inputs/mesh", "readOnly": True}.items() <= mounts[0].items()
+    assert {"name": "input-mesh", "mountPath": "/inputs/mesh", "readOnly": True}.items() <= mounts[
+        0
+    ].items()
 
 
 def test_missing_secret_says_what_to_create(namespace: str) -> None:
-    apply(namespace, task_manifest("licensed", inputs=[{"name": "license", "secret": "solver-license"}]))
+    apply(
+        namespace,
+        task_manifest("licensed", inputs=[{"name": "license", "secret": "solver-license"}]),
+    )
     task = wait_phase(namespace, "licensed", "PendingInput")
     assert "Secret 'solver-license' does not exist" in task["status"]["message"]
 
@@ -114,8 +149,11 @@ def test_kill_running_task(namespace: str) -> None:
     task = wait_phase(namespace, "long", "Killed")
     assert history(task)[-2:] == ["PendingKilled", "Killed"]
     assert condition(task, "Failed")["status"] == "True"
-    eventually(lambda: not pods_of(namespace, "long") and not jobs_of(namespace, "long"),
-               timeout=60, what="pods and Job gone")
+    eventually(
+        lambda: not pods_of(namespace, "long") and not jobs_of(namespace, "long"),
+        timeout=60,
+        what="pods and Job gone",
+    )
 
 
 def test_kill_before_start(namespace: str) -> None:
@@ -130,15 +168,33 @@ def test_retry_runs_a_new_attempt(namespace: str) -> None:
     apply(namespace, task_manifest("flaky", duration="1s", exit_code=2))
     wait_phase(namespace, "flaky", "Failed")
     # The user fixes the cause and asks for a retry.
-    patch_spec(namespace, "flaky", {"retry": 1, "podTemplate": {"metadata": {"annotations": {
-        "testbed.simtask.dev/duration": "1s", "testbed.simtask.dev/exit-code": "0"}}}})
+    patch_spec(
+        namespace,
+        "flaky",
+        {
+            "retry": 1,
+            "podTemplate": {
+                "metadata": {
+                    "annotations": {
+                        "testbed.simtask.dev/duration": "1s",
+                        "testbed.simtask.dev/exit-code": "0",
+                    }
+                }
+            },
+        },
+    )
     task = wait_phase(namespace, "flaky", "Success")
     assert task["status"]["attempt"] == 2
     assert history(task).count("Submitted") == 2
     assert [h["attempt"] for h in task["status"]["history"]][-1] == 2
-    assert sorted(j["metadata"]["name"] for j in jobs_of(namespace, "flaky")) == ["flaky-a1", "flaky-a2"]
-    env = {e["name"]: e.get("value") for e in
-           jobs_of(namespace, "flaky")[1]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert sorted(j["metadata"]["name"] for j in jobs_of(namespace, "flaky")) == [
+        "flaky-a1",
+        "flaky-a2",
+    ]
+    env = {
+        e["name"]: e.get("value")
+        for e in jobs_of(namespace, "flaky")[1]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["SIMTASK_ATTEMPT"] == "2" and env["SIMTASK_PREVIOUS_ATTEMPT_PHASE"] == "Failed"
 
 
@@ -146,7 +202,9 @@ def test_retry_does_not_rerun_success(namespace: str) -> None:
     apply(namespace, task_manifest("done", duration="1s"))
     wait_phase(namespace, "done", "Success")
     patch_spec(namespace, "done", {"retry": 1})
-    eventually(lambda: get(namespace, "done")["status"].get("retry") == 1, timeout=30, what="retry seen")
+    eventually(
+        lambda: get(namespace, "done")["status"].get("retry") == 1, timeout=30, what="retry seen"
+    )
     task = get(namespace, "done")
     assert task["status"]["phase"] == "Success" and task["status"]["attempt"] == 1
 
@@ -161,8 +219,13 @@ def test_time_to_live_exceeded(namespace: str) -> None:
 def test_ttl_after_finished_deletes_task_and_jobs(namespace: str) -> None:
     apply(namespace, task_manifest("ephemeral", duration="1s", ttlAfterFinished="3s"))
     wait_phase(namespace, "ephemeral", "Success")
-    eventually(lambda: kubectl("get", "simtask", "ephemeral", "-n", namespace, check=False).returncode != 0,
-               timeout=60, what="task deleted")
+    eventually(
+        lambda: (
+            kubectl("get", "simtask", "ephemeral", "-n", namespace, check=False).returncode != 0
+        ),
+        timeout=60,
+        what="task deleted",
+    )
     eventually(lambda: not jobs_of(namespace, "ephemeral"), timeout=60, what="Jobs deleted")
 
 
@@ -170,8 +233,11 @@ def test_deleting_running_task_leaves_nothing(namespace: str) -> None:
     apply(namespace, task_manifest("doomed", duration="10m"))
     wait_phase(namespace, "doomed", "ComputationStarted")
     kubectl("delete", "simtask", "doomed", "-n", namespace, "--timeout=60s")
-    eventually(lambda: not jobs_of(namespace, "doomed") and not pods_of(namespace, "doomed"),
-               timeout=90, what="Jobs and pods gone")
+    eventually(
+        lambda: not jobs_of(namespace, "doomed") and not pods_of(namespace, "doomed"),
+        timeout=90,
+        what="Jobs and pods gone",
+    )
 
 
 def test_node_pressure_eviction_is_executor_failed(namespace: str) -> None:
@@ -179,14 +245,42 @@ def test_node_pressure_eviction_is_executor_failed(namespace: str) -> None:
     task = wait_phase(namespace, "evicted", "ComputationStarted")
     pod = task["status"]["podName"]
     # What the kubelet writes when it evicts a pod for memory pressure.
-    kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps({
-        "status": {"phase": "Failed", "reason": "Evicted",
-                   "message": "The node was low on resource: memory.",
-                   "containerStatuses": [{"name": "simulator", "image": IMAGE, "ready": False, "restartCount": 0,
-                                          "imageID": "", "state": {"terminated": {
-                                              "exitCode": 137, "reason": "Error",
-                                              "startedAt": "2026-01-01T00:00:00Z",
-                                              "finishedAt": "2026-01-01T00:00:01Z"}}}]}}))
+    kubectl(
+        "patch",
+        "pod",
+        pod,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {
+                "status": {
+                    "phase": "Failed",
+                    "reason": "Evicted",
+                    "message": "The node was low on resource: memory.",
+                    "containerStatuses": [
+                        {
+                            "name": "simulator",
+                            "image": IMAGE,
+                            "ready": False,
+                            "restartCount": 0,
+                            "imageID": "",
+                            "state": {
+                                "terminated": {
+                                    "exitCode": 137,
+                                    "reason": "Error",
+                                    "startedAt": "2026-01-01T00:00:00Z",
+                                    "finishedAt": "2026-01-01T00:00:01Z",
+                                }
+                            },
+                        }
+                    ],
+                }
+            }
+        ),
+    )
     task = wait_phase(namespace, "evicted", "ExecutorFailed")
     assert "memory" in task["status"]["message"]
 
@@ -203,10 +297,18 @@ def test_node_pressure_eviction_is_executor_failed(namespace: str) -> None:
         ({"image": IMAGE, "resources": {"gpu": -1}}, "gpu"),
     ],
 )
-def test_bad_input_is_rejected_by_the_api_server(namespace: str, spec: dict[str, object], expected: str) -> None:
-    manifest = {"apiVersion": "simtask.dev/v1alpha1", "kind": "SimulationTask",
-                "metadata": {"name": "bad"}, "spec": spec}
-    proc = kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(manifest), check=False)
+def test_bad_input_is_rejected_by_the_api_server(
+    namespace: str, spec: dict[str, object], expected: str
+) -> None:
+    manifest = {
+        "apiVersion": "simtask.dev/v1alpha1",
+        "kind": "SimulationTask",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    proc = kubectl(
+        "apply", "-n", namespace, "-f", "-", input_text=json.dumps(manifest), check=False
+    )
     assert proc.returncode != 0
     assert expected in proc.stderr
 
@@ -215,8 +317,11 @@ def test_operator_restart_loses_nothing(namespace: str, operator: Operator) -> N
     for i in range(20):
         apply(namespace, task_manifest(f"batch-{i}", duration=f"{3 + i % 5}s"))
     # Kill the operator while the tasks are in flight, then bring it back.
-    eventually(lambda: sum(1 for j in kubectl_json("get", "jobs", "-n", namespace)["items"]) >= 5,
-               timeout=60, what="some Jobs created")
+    eventually(
+        lambda: sum(1 for j in kubectl_json("get", "jobs", "-n", namespace)["items"]) >= 5,
+        timeout=60,
+        what="some Jobs created",
+    )
     operator.kill()
     operator.start()
     for i in range(20):
@@ -225,4 +330,10 @@ def test_operator_restart_loses_nothing(namespace: str, operator: Operator) -> N
     assert sorted(j["metadata"]["name"] for j in jobs) == sorted(f"batch-{i}-a1" for i in range(20))
     for i in range(20):
         task = get(namespace, f"batch-{i}")
-        assert history(task) == ["Submitted", "Started", "ComputationStarted", "ComputationEnded", "Success"]
+        assert history(task) == [
+            "Submitted",
+            "Started",
+            "ComputationStarted",
+            "ComputationEnded",
+            "Success",
+        ]

@@ -15,7 +15,6 @@ from simtask.decide import (
     placement_group,
     resubmit_backoff,
 )
-from simtask.lifecycle import Phase
 from tests.unit import fixtures as f
 
 Obj = dict[str, Any]
@@ -49,11 +48,15 @@ def test_new_task_is_submitted_and_gets_its_job() -> None:
     assert d.status["attempt"] == 1 and d.status["jobName"] == "cfd-wing-a1"
     (action,) = d.actions
     assert isinstance(action, CreateJob) and action.job["metadata"]["name"] == "cfd-wing-a1"
-    assert d.status["conditions"][0] == {**d.status["conditions"][0], "type": "Ready", "status": "False"}
+    assert d.status["conditions"][0] == {
+        **d.status["conditions"][0],
+        "type": "Ready",
+        "status": "False",
+    }
 
 
 def test_waiting_for_the_job_is_a_fixed_point() -> None:
-    task, d = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
     # With the status written and the Job not yet in the cache, nothing more happens.
     again = decide(Observed(task=task, missing_inputs=[]), f.at(1))
     assert again.transitions == [] and again.status == task["status"]
@@ -62,12 +65,16 @@ def test_waiting_for_the_job_is_a_fixed_point() -> None:
 def test_running_pod_walks_started_and_computation_started_with_cluster_times() -> None:
     task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
     pod = f.pod(phase="Running", state=f.running(3), scheduled=1)
-    obs = Observed(task=task, jobs={1: f.job(active=1)}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()})
+    obs = Observed(
+        task=task, jobs={1: f.job(active=1)}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()}
+    )
     task, d = settle(obs, 5)
     assert phases(d) == ["Started", "ComputationStarted"]
     hist = {h["phase"]: h["time"] for h in d.status["history"]}
     assert hist["Started"] == f.ts(1) and hist["ComputationStarted"] == f.ts(3)
-    assert d.status["nodeName"] == "cpu-standard-1" and d.status["podName"] == pod["metadata"]["name"]
+    assert (
+        d.status["nodeName"] == "cpu-standard-1" and d.status["podName"] == pod["metadata"]["name"]
+    )
     assert "duration" not in d.status  # only a finished task has one
 
 
@@ -75,11 +82,18 @@ def test_succeeded_pod_ends_in_success_with_conditions() -> None:
     task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
     pod = f.pod(phase="Succeeded", state=f.terminated(0, started=3, finished=63), scheduled=1)
     job = f.job(succeeded=1, conditions=f.job_complete(64), completion=64)
-    task, d = settle(Observed(task=task, jobs={1: job}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()}), 70)
+    task, d = settle(
+        Observed(task=task, jobs={1: job}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()}), 70
+    )
     assert phases(d) == ["Started", "ComputationStarted", "ComputationEnded", "Success"]
     conds = {c["type"]: c["status"] for c in d.status["conditions"]}
-    assert conds == {"Ready": "True", "Reconciling": "False", "Stalled": "False", "Succeeded": "True",
-                     "Failed": "False"}
+    assert conds == {
+        "Ready": "True",
+        "Reconciling": "False",
+        "Stalled": "False",
+        "Succeeded": "True",
+        "Failed": "False",
+    }
     assert d.status["exitCode"] == 0 and d.status["completionTime"]
     rec = d.status["attempts"][0]
     assert rec["phase"] == "Success" and rec["cpuSeconds"] > 0
@@ -88,7 +102,9 @@ def test_succeeded_pod_ends_in_success_with_conditions() -> None:
 def test_kill_deletes_the_job_then_ends_killed() -> None:
     task, _ = settle(Observed(task=fresh(kill=False), missing_inputs=[]), 0)
     pod = f.pod(phase="Running", state=f.running(3))
-    obs = Observed(task=task, jobs={1: f.job(active=1)}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()})
+    obs = Observed(
+        task=task, jobs={1: f.job(active=1)}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()}
+    )
     task, _ = settle(obs, 5)
     task["spec"]["kill"] = True
     d = decide(Observed(task=task, jobs={1: f.job(active=1)}, pods={1: [pod]}), f.at(6))
@@ -111,12 +127,18 @@ def test_hold_before_start_creates_nothing_and_release_submits() -> None:
 def test_hold_with_an_unbound_job_suspends_it() -> None:
     task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
     task["spec"]["hold"] = True
-    d = decide(Observed(task=task, jobs={1: f.job()}, pods={1: [f.pending_pod()]}, missing_inputs=[]), f.at(1))
+    d = decide(
+        Observed(task=task, jobs={1: f.job()}, pods={1: [f.pending_pod()]}, missing_inputs=[]),
+        f.at(1),
+    )
     assert phases(d) == ["Held"] and d.actions == [SuspendJob("cfd-wing-a1", True)]
 
 
 def test_missing_input_waits_and_polls() -> None:
-    d = decide(Observed(task=fresh(), missing_inputs=["input 'mesh': ConfigMap 'm' does not exist"]), f.at(0))
+    d = decide(
+        Observed(task=fresh(), missing_inputs=["input 'mesh': ConfigMap 'm' does not exist"]),
+        f.at(0),
+    )
     assert phases(d) == ["PendingInput"] and d.actions == []
     assert "ConfigMap 'm'" in d.status["message"] and d.requeue_after is not None
 
@@ -124,11 +146,20 @@ def test_missing_input_waits_and_polls() -> None:
 def preempted_task(**spec: Any) -> tuple[Obj, Observed]:
     task, _ = settle(Observed(task=fresh(**spec), missing_inputs=[]), 0)
     spot = f.node("cpu-spot-1", pool="cpu-spot", spot=True)
-    pod = f.pod(node_name="cpu-spot-1", phase="Failed",
-                state=f.terminated(143, started=3, finished=30),
-                extra_conditions=[f.disruption_target("DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint", when=29)])
+    pod = f.pod(
+        node_name="cpu-spot-1",
+        phase="Failed",
+        state=f.terminated(143, started=3, finished=30),
+        extra_conditions=[
+            f.disruption_target(
+                "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint", when=29
+            )
+        ],
+    )
     job = f.job(failed=1, conditions=f.job_failed(31))
-    return task, Observed(task=task, jobs={1: job}, pods={1: [pod]}, nodes={"cpu-spot-1": spot}, missing_inputs=[])
+    return task, Observed(
+        task=task, jobs={1: job}, pods={1: [pod]}, nodes={"cpu-spot-1": spot}, missing_inputs=[]
+    )
 
 
 def test_spot_preemption_backs_off_then_resubmits_as_attempt_two() -> None:
@@ -143,8 +174,13 @@ def test_spot_preemption_backs_off_then_resubmits_as_attempt_two() -> None:
     assert phases(d) == ["Submitted"]
     assert d.status["attempt"] == 2 and d.status["resubmissions"] == 1
     (create,) = [a for a in d.actions if isinstance(a, CreateJob)]
-    env = {e["name"]: e.get("value") for e in create.job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["SIMTASK_ATTEMPT"] == "2" and env["SIMTASK_PREVIOUS_ATTEMPT_PHASE"] == "SpotPreempted"
+    env = {
+        e["name"]: e.get("value")
+        for e in create.job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert (
+        env["SIMTASK_ATTEMPT"] == "2" and env["SIMTASK_PREVIOUS_ATTEMPT_PHASE"] == "SpotPreempted"
+    )
     assert d.status["attempts"][0]["phase"] == "SpotPreempted"
 
 
@@ -159,15 +195,21 @@ def test_no_resubmission_budget_makes_preemption_terminal() -> None:
 def test_retry_after_failure_starts_a_new_attempt() -> None:
     task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
     pod = f.pod(phase="Failed", state=f.terminated(3, started=3, finished=9))
-    obs = Observed(task=task, jobs={1: f.job(failed=1, conditions=f.job_failed(10))}, pods={1: [pod]},
-                   missing_inputs=[])
+    obs = Observed(
+        task=task,
+        jobs={1: f.job(failed=1, conditions=f.job_failed(10))},
+        pods={1: [pod]},
+        missing_inputs=[],
+    )
     task, d = settle(obs, 11)
     assert d.status["phase"] == "Failed" and d.status["exitCode"] == 3
     task["spec"]["retry"] = 1
     d = decide(Observed(**{**obs.__dict__, "task": task}), f.at(20))
     assert phases(d) == ["Submitted"] and d.status["attempt"] == 2
     assert "exitCode" not in d.status
-    assert [a.job["metadata"]["name"] for a in d.actions if isinstance(a, CreateJob)] == ["cfd-wing-a2"]
+    assert [a.job["metadata"]["name"] for a in d.actions if isinstance(a, CreateJob)] == [
+        "cfd-wing-a2"
+    ]
 
 
 def test_ttl_after_finished_deletes_the_task_when_due() -> None:
@@ -194,14 +236,22 @@ def test_group_not_created_yet_waits() -> None:
 
 
 def test_quota_full_queues_with_position_and_no_job() -> None:
-    view = GroupView(name="cpu-spot", obj=f.machine_group(), state="Active", admits=False, queue_position=2)
-    d = decide(Observed(task=fresh(machineGroup="cpu-spot"), missing_inputs=[], group=view), f.at(0))
+    view = GroupView(
+        name="cpu-spot", obj=f.machine_group(), state="Active", admits=False, queue_position=2
+    )
+    d = decide(
+        Observed(task=fresh(machineGroup="cpu-spot"), missing_inputs=[], group=view), f.at(0)
+    )
     assert phases(d) == ["Submitted"] and d.actions == []
     assert d.status["queuePosition"] == 2 and "position 2" in d.status["message"]
 
 
 def test_fallback_group_after_enough_spot_preemptions() -> None:
-    spec = {"machineGroup": "cpu-spot", "fallbackMachineGroup": "cpu-standard", "fallbackAfterPreemptions": 2}
+    spec = {
+        "machineGroup": "cpu-spot",
+        "fallbackMachineGroup": "cpu-standard",
+        "fallbackAfterPreemptions": 2,
+    }
     assert placement_group(spec, 0) == "cpu-spot"
     assert placement_group(spec, 1) == "cpu-spot"
     assert placement_group(spec, 2) == "cpu-standard"

@@ -71,7 +71,9 @@ def test_cell(source: Phase | None, target: Phase) -> None:
 
 def test_kill_is_honoured_from_every_non_terminal_phase() -> None:
     for phase in Phase:
-        if not is_terminal(phase, resubmission_follows=True) and phase not in (Phase.PENDING_KILLED,):
+        if not is_terminal(phase, resubmission_follows=True) and phase not in (
+            Phase.PENDING_KILLED,
+        ):
             assert can_transition(phase, Phase.PENDING_KILLED), phase
 
 
