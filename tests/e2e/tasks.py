@@ -10,18 +10,32 @@ from tests.e2e.cluster import eventually, kubectl, kubectl_json
 IMAGE = "ghcr.io/example/openfoam:11"
 
 
-def task_manifest(name: str, *, duration: str = "2s", exit_code: int | None = None,
-                  annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+def task_manifest(
+    name: str,
+    *,
+    duration: str = "2s",
+    exit_code: int | None = None,
+    annotations: dict[str, str] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     """A SimulationTask whose simulated run lasts `duration` and exits with `exit_code`."""
     ann = {"testbed.simtask.dev/duration": duration}
     if exit_code is not None:
         ann["testbed.simtask.dev/exit-code"] = str(exit_code)
     ann.update(annotations or {})
-    body: dict[str, Any] = {"image": IMAGE, "command": ["simpleFoam"], "resources": {"cpu": "1", "memory": "1Gi"},
-                            "podTemplate": {"metadata": {"annotations": ann}}}
+    body: dict[str, Any] = {
+        "image": IMAGE,
+        "command": ["simpleFoam"],
+        "resources": {"cpu": "1", "memory": "1Gi"},
+        "podTemplate": {"metadata": {"annotations": ann}},
+    }
     body.update(spec)
-    return {"apiVersion": "simtask.dev/v1alpha1", "kind": "SimulationTask",
-            "metadata": {"name": name}, "spec": body}
+    return {
+        "apiVersion": "simtask.dev/v1alpha1",
+        "kind": "SimulationTask",
+        "metadata": {"name": name},
+        "spec": body,
+    }
 
 
 def apply(ns: str, manifest: dict[str, Any]) -> None:
@@ -33,7 +47,9 @@ def get(ns: str, name: str) -> dict[str, Any]:
 
 
 def patch_spec(ns: str, name: str, spec: dict[str, Any]) -> None:
-    kubectl("patch", "simulationtask", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": spec}))
+    kubectl(
+        "patch", "simulationtask", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": spec})
+    )
 
 
 def wait_phase(ns: str, name: str, *phases: str, timeout: float = 90) -> dict[str, Any]:
@@ -46,7 +62,7 @@ def wait_phase(ns: str, name: str, *phases: str, timeout: float = 90) -> dict[st
     try:
         return eventually(probe, timeout=timeout, what=f"{name} in {phases}")
     except AssertionError as exc:
-        status = (get(ns, name).get("status") or {})
+        status = get(ns, name).get("status") or {}
         raise AssertionError(f"{exc}\nstatus now: {json.dumps(status, indent=1)[:3000]}") from None
 
 
