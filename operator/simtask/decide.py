@@ -551,8 +551,8 @@ def _after_preemption(p: _Pass) -> None:
         )
         # From the history entry, not the current message, so a second pass adds nothing.
         history: list[dict[str, Any]] = p.status["history"]
-        lost: dict[str, Any] = next((h for h in reversed(history) if h.get("phase") == p.phase), {})
-        p.status["message"] = f"{lost.get('message', p.phase)} ({why}; no resubmission)"
+        entry: dict[str, Any] = next((h for h in reversed(history) if h.get("phase") == p.phase), {})
+        p.status["message"] = f"{entry.get('message', p.phase)} ({why}; no resubmission)"
         _cleanup_jobs(p)
         return
     rec = p.attempt_record()
