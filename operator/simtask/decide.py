@@ -551,7 +551,9 @@ def _after_preemption(p: _Pass) -> None:
         )
         # From the history entry, not the current message, so a second pass adds nothing.
         history: list[dict[str, Any]] = p.status["history"]
-        entry: dict[str, Any] = next((h for h in reversed(history) if h.get("phase") == p.phase), {})
+        entry: dict[str, Any] = next(
+            (h for h in reversed(history) if h.get("phase") == p.phase), {}
+        )
         p.status["message"] = f"{entry.get('message', p.phase)} ({why}; no resubmission)"
         _cleanup_jobs(p)
         return
