@@ -376,8 +376,8 @@ def _before_start(p: _Pass) -> None:
     if group is not None and group.unplaceable:
         reason, message = "Unplaceable", group.unplaceable
     p.move(Phase.SUBMITTED, reason, message)
-    if p.phase != Phase.SUBMITTED:
-        return
+    if p.phase != Phase.SUBMITTED or (group is not None and group.unplaceable and job is None):
+        return  # A task that can never fit gets no Job and holds no slot.
     if job is not None:
         if (job.get("spec") or {}).get("suspend"):
             p.decision.actions.append(SuspendJob(str(job["metadata"]["name"]), False))
@@ -574,7 +574,8 @@ def _after_preemption(p: _Pass) -> None:
     _before_start(p)
 
 
-def _job_finished(job: Obj) -> bool:
+def job_finished(job: Obj) -> bool:
+    """Whether the Job controller has marked the Job Complete or Failed."""
     return any(
         c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
         for c in (job.get("status") or {}).get("conditions") or []
@@ -585,7 +586,7 @@ def _cleanup_jobs(p: _Pass) -> None:
     """Delete every Job of the task that could still run a pod."""
     for job in p.obs.jobs.values():
         meta = job.get("metadata") or {}
-        if not meta.get("deletionTimestamp") and not _job_finished(job):
+        if not meta.get("deletionTimestamp") and not job_finished(job):
             p.decision.actions.append(DeleteJob(str(meta["name"])))
 
 

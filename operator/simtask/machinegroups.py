@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from simtask.decide import GroupView, parse_ts, placement_group
+from simtask import names
+from simtask.decide import GroupView, job_finished, parse_ts, placement_group
 from simtask.durations import parse_duration
 from simtask.informers import Key, Obj, Store, obj_key
 from simtask.lifecycle import RUNNING, Phase, parse_phase
@@ -57,10 +58,11 @@ def _waiting_since(task: Obj) -> tuple[str, str]:
 class GroupBook:
     """Reads groups, tasks and nodes from the caches to answer for one task at a time."""
 
-    def __init__(self, tasks: Store, groups: Store, nodes: Store) -> None:
+    def __init__(self, tasks: Store, groups: Store, nodes: Store, jobs: Store) -> None:
         self.tasks = tasks
         self.groups = groups
         self.nodes = nodes
+        self.jobs = jobs
         #: Tasks admitted in memory whose status does not show their Job yet, by group.
         self._reserved: dict[str, set[Key]] = {}
 
@@ -84,13 +86,29 @@ class GroupBook:
         """Tasks queued for `group` (no Job yet)."""
         return [obj_key(t) for t in self.tasks.objects.values() if self._waiting(t, group)]
 
-    def _holds_slot(self, task: Obj, group: str) -> bool:
-        status = task.get("status") or {}
-        return (
-            status.get("machineGroup") == group
-            and bool(status.get("jobName"))
-            and parse_phase(status.get("phase")) in _HOLDS_SLOT
-        )
+    def _holders(self, group: str) -> set[Key]:
+        """Tasks holding a slot: a Job of theirs on the group is not finished, or their status
+        names a Job that is being created (not in the cache yet)."""
+        holders: set[Key] = set()
+        for task in self.tasks.objects.values():
+            status = task.get("status") or {}
+            uid = (task.get("metadata") or {}).get("uid")
+            jobs = [
+                j
+                for j in self.jobs.by("task", uid)
+                if ((j.get("metadata") or {}).get("labels") or {}).get(names.LABEL_MACHINE_GROUP)
+                == group
+            ]
+            if any(not job_finished(j) for j in jobs) or (
+                status.get("machineGroup") == group
+                and status.get("jobName")
+                and parse_phase(status.get("phase")) in _HOLDS_SLOT
+                and not any(
+                    (j.get("metadata") or {}).get("name") == status["jobName"] for j in jobs
+                )
+            ):
+                holders.add(obj_key(task))
+        return holders
 
     def _waiting(self, task: Obj, group: str) -> bool:
         status = task.get("status") or {}
@@ -128,7 +146,7 @@ class GroupBook:
             return GroupView(name=name, obj=group, state=state, unplaceable=unplaceable)
 
         reserved = self._reserved.setdefault(name, set())
-        holders = {obj_key(t) for t in self.tasks.objects.values() if self._holds_slot(t, name)}
+        holders = self._holders(name)
         reserved -= holders  # Their status shows the Job now.
         reserved.intersection_update(
             k

@@ -20,6 +20,7 @@ from simtask.decide import (
     Observed,
     SuspendJob,
     decide,
+    job_finished,
     parse_ts,
     ts,
 )
@@ -89,7 +90,7 @@ class Controller:
         self.jobs = Store({"task": _task_uid})
         self.pods = Store({"task": _task_uid, "node": _node_name})
         self.nodes = Store()
-        self.book = GroupBook(self.tasks, self.groups, self.nodes)
+        self.book = GroupBook(self.tasks, self.groups, self.nodes, self.jobs)
         self.workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         selector = names.LABEL_TASK_UID
@@ -180,6 +181,11 @@ class Controller:
         for uid in _task_uid(obj):
             key = self._task_key_for_uid(uid)
             if key is not None:
+                self.queue.add(key)
+        group = ((obj.get("metadata") or {}).get("labels") or {}).get(names.LABEL_MACHINE_GROUP)
+        if group and obj.get("kind") == "Job" and (etype == "DELETED" or job_finished(obj)):
+            # A finished Job frees a slot of its group: the queued tasks look again.
+            for key in self.book.waiting_tasks(group):
                 self.queue.add(key)
 
     def _on_node(self, etype: str, obj: Obj, prev: Obj | None) -> None:
