@@ -68,6 +68,8 @@ class Observed:
     missing_inputs: Sequence[str] | None = None
     #: The MachineGroup this attempt is placed on, when the task names one.
     group: GroupView | None = None
+    #: Why the API server refused this attempt's Job, when it did.
+    job_rejected: str | None = None
 
 
 # ---------------------------------------------------------------- what comes out
@@ -176,14 +178,20 @@ def placement_group(spec: Mapping[str, Any], spot_preemptions: int) -> str | Non
     return str(group) if group else None
 
 
-def is_spot(group: GroupView | None, node: Obj | None) -> bool:
-    """A group's explicit `spec.spot` wins; otherwise the node's cloud labels tell."""
+def is_spot(group: GroupView | None, node: Obj | None, remembered: bool | None = None) -> bool:
+    """A group's explicit `spec.spot` wins; otherwise the node's cloud labels tell. When the
+    node is gone (deleted by the cloud), what the attempt recorded of it, else what the
+    group detected of its nodes."""
     if group is not None and group.obj is not None:
         explicit = (group.obj.get("spec") or {}).get("spot")
         if explicit is not None:
             return bool(explicit)
     if node is not None:
         return preemption.is_spot_node((node.get("metadata") or {}).get("labels") or {})
+    if remembered is not None:
+        return remembered
+    if group is not None and group.obj is not None:
+        return bool((group.obj.get("status") or {}).get("spot"))
     return False
 
 
@@ -393,6 +401,9 @@ def _before_start(p: _Pass) -> None:
         )
         return
     p.status.pop("queuePosition", None)
+    if obs.job_rejected:
+        p.move(Phase.FAILED, "JobRejected", f"the API server refused the Job: {obs.job_rejected}")
+        return
     manifest = builders.build_job(
         dict(p.task),
         p.attempt,
@@ -419,11 +430,16 @@ def _follow_attempt(p: _Pass) -> None:
         p.status.get("nodeName"),
     )
     node = p.obs.nodes.get(node_name) if node_name else None
-    spot = is_spot(p.obs.group, node)
+    remembered = p.attempt_record().get("spot")
+    spot = is_spot(p.obs.group, node, None if remembered is None else bool(remembered))
     if job is None and not pods:
         if p.phase == Phase.SUBMITTED:
             return  # The Job is being created (or the cache has not seen it yet).
         disruption = preemption.classify_disruption(None, node, node_name, None)
+        if disruption is None and node_name and node is None:
+            disruption = preemption.Disruption(
+                "preempted", "NodeDeleted", f"node {node_name} was deleted, and the attempt with it"
+            )
         obs_steps = _lost_steps(disruption, spot, node_name, p.now)
         view = AttemptObservation(
             steps=obs_steps,

@@ -85,6 +85,8 @@ class Controller:
         self.kube = kube
         self.queue = WorkQueue()
         self.group_queue = WorkQueue()
+        #: Jobs the API server refused, by task: (task uid, message).
+        self.rejected: dict[Key, tuple[str, str]] = {}
         self.tasks = Store({"uid": lambda o: [(o.get("metadata") or {}).get("uid")]})
         self.groups = Store()
         self.jobs = Store({"task": _task_uid})
@@ -367,9 +369,16 @@ class Controller:
         group = self.book.view(task)
 
         now = datetime.now(UTC)
+        rejected = self.rejected.pop(key, None)
         decision = decide(
             Observed(
-                task=task, jobs=jobs, pods=pods, nodes=nodes, missing_inputs=missing, group=group
+                task=task,
+                jobs=jobs,
+                pods=pods,
+                nodes=nodes,
+                missing_inputs=missing,
+                group=group,
+                job_rejected=rejected[1] if rejected and rejected[0] == uid else None,
             ),
             now,
         )
@@ -453,10 +462,11 @@ class Controller:
                 except ApiError as exc:
                     if exc.code == 409:
                         continue  # Created before a restart: the name is the attempt's own.
-                    if exc.code in (400, 403, 422):
-                        await self._event(
-                            task, Phase.FAILED, "JobRejected", exc.message, warning=True
-                        )
+                    if exc.code in (400, 422):
+                        # Invalid as built from this spec: the next pass ends the task Failed.
+                        self.rejected[obj_key(task)] = (task["metadata"]["uid"], exc.message)
+                        self.queue.add(obj_key(task))
+                        continue
                     raise
             elif isinstance(action, DeleteJob):
                 await self.kube.delete(

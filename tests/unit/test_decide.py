@@ -256,3 +256,28 @@ def test_fallback_group_after_enough_spot_preemptions() -> None:
     assert placement_group(spec, 1) == "cpu-spot"
     assert placement_group(spec, 2) == "cpu-standard"
     assert placement_group({"machineGroup": "g"}, 9) == "g"
+
+
+def test_a_deleted_spot_node_is_still_spot() -> None:
+    """The cloud deletes a reclaimed spot node: the attempt remembers it was spot."""
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    spot = f.node("cpu-spot-1", pool="cpu-spot", spot=True)
+    running = f.pod(node_name="cpu-spot-1", phase="Running", state=f.running(3))
+    seen = Observed(
+        task=task, jobs={1: f.job(active=1)}, pods={1: [running]}, nodes={"cpu-spot-1": spot}
+    )
+    task, d = settle(seen, 5)
+    assert d.status["attempts"][0]["spot"] is True
+    # The node object is gone, and so are the Job's pod and the Job itself.
+    d = decide(Observed(task=task, missing_inputs=[]), f.at(90))
+    assert phases(d) == ["SpotPreempted"], d.status.get("message")
+
+
+def test_a_job_the_api_server_refuses_fails_the_task() -> None:
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    d = decide(
+        Observed(task=task, missing_inputs=[], job_rejected='spec.template: Invalid value: "x"'),
+        f.at(1),
+    )
+    assert phases(d) == ["Failed"] and d.status["reason"] == "JobRejected"
+    assert "Invalid value" in d.status["message"] and d.actions == []
