@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PATHS = ["operator", "tests", "bench", "hack/testbed"]
+PATHS = [p for p in ("operator", "tests", "bench", "hack/testbed") if (ROOT / p).exists()]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
