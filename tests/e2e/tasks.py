@@ -9,6 +9,15 @@ from tests.e2e.cluster import eventually, kubectl, kubectl_json
 
 IMAGE = "ghcr.io/example/openfoam:11"
 
+#: Tolerations for the local cluster's tainted pools (SPEC §5).
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+SPOT_TOLERATION = {
+    "key": "cloud.google.com/gke-spot",
+    "operator": "Equal",
+    "value": "true",
+    "effect": "NoSchedule",
+}
+
 
 def task_manifest(
     name: str,

@@ -10,17 +10,18 @@ from typing import Any
 import pytest
 
 from tests.e2e.cluster import condition, eventually, kubectl, kubectl_json
-from tests.e2e.tasks import apply, get, history, jobs_of, task_manifest, wait_phase
+from tests.e2e.tasks import (
+    GPU_TOLERATION,
+    SPOT_TOLERATION,
+    apply,
+    get,
+    history,
+    jobs_of,
+    task_manifest,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.usefixtures("operator")
-
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-SPOT_TOLERATION = {
-    "key": "cloud.google.com/gke-spot",
-    "operator": "Equal",
-    "value": "true",
-    "effect": "NoSchedule",
-}
 
 
 @pytest.fixture
@@ -146,9 +147,8 @@ def test_quota_queues_fifo_and_never_exceeds_it(
     assert "q-0" not in positions and "q-1" not in positions
 
 
-def test_terminating_a_group_stops_running_and_queued_tasks(
-    namespace: str, machine_group: Callable[..., str]
-) -> None:
+def running_and_queued(namespace: str, machine_group: Callable[..., str]) -> str:
+    """A group with room for one task: "running" runs on it, "queued" waits at position 1."""
     name = machine_group("cpu-standard", maxConcurrentTasks=1)
     apply(namespace, task_manifest("running", duration="10m", machineGroup=name))
     wait_phase(namespace, "running", "ComputationStarted")
@@ -156,6 +156,13 @@ def test_terminating_a_group_stops_running_and_queued_tasks(
     eventually(
         lambda: get(namespace, "queued").get("status", {}).get("queuePosition") == 1, timeout=30
     )
+    return name
+
+
+def test_terminating_a_group_stops_running_and_queued_tasks(
+    namespace: str, machine_group: Callable[..., str]
+) -> None:
+    name = running_and_queued(namespace, machine_group)
     kubectl("patch", "machinegroup", name, "--type=merge", "-p", '{"spec":{"terminate":true}}')
     running = wait_phase(namespace, "running", "ExecutorTerminatedByUser")
     queued = wait_phase(namespace, "queued", "Zombie")
@@ -182,13 +189,7 @@ def test_expired_group_stops_its_running_task(
 def test_deleting_a_group_stops_its_tasks_then_goes(
     namespace: str, machine_group: Callable[..., str]
 ) -> None:
-    name = machine_group("cpu-standard", maxConcurrentTasks=1)
-    apply(namespace, task_manifest("running", duration="10m", machineGroup=name))
-    wait_phase(namespace, "running", "ComputationStarted")
-    apply(namespace, task_manifest("queued", duration="10m", machineGroup=name))
-    eventually(
-        lambda: get(namespace, "queued").get("status", {}).get("queuePosition") == 1, timeout=30
-    )
+    name = running_and_queued(namespace, machine_group)
     kubectl("delete", "machinegroup", name, "--wait=false")
     assert (
         wait_phase(namespace, "running", "ExecutorTerminatedByUser")["status"]["reason"]

@@ -20,6 +20,7 @@ from kubernetes import client
 
 from tests.e2e.cluster import condition, eventually, kubectl, kubectl_json, testbed
 from tests.e2e.tasks import (
+    SPOT_TOLERATION,
     apply,
     get,
     history,
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.usefixtures("operator")
 POOL_LABEL = "e2e.simtask.dev/pool"
 SPOT_LABEL = "cloud.google.com/gke-spot"
 SPOT_TAINT = {"key": SPOT_LABEL, "value": "true", "effect": "NoSchedule"}
-SPOT_TOLERATION = {"key": SPOT_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 #: Each node of a test's pool has room for exactly one task, so a higher-priority pod that
 #: wants the whole node must preempt the task's pod.
 NODE_CPU = "2"

@@ -11,14 +11,7 @@ import pytest
 from kubernetes import client
 
 from tests.e2e.cluster import condition, eventually, kubectl, kubectl_json, testbed
-
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-SPOT_TOLERATION = {
-    "key": "cloud.google.com/gke-spot",
-    "operator": "Equal",
-    "value": "true",
-    "effect": "NoSchedule",
-}
+from tests.e2e.tasks import GPU_TOLERATION, SPOT_TOLERATION
 
 
 def job(
