@@ -14,7 +14,7 @@ from simtask.reconciler import Controller
 FINALIZER = f"{GROUP}/finalizer"
 
 
-def configure(settings: kopf.OperatorSettings, *, workers: int) -> None:
+def configure(settings: kopf.OperatorSettings) -> None:
     """kopf's settings, set once: we post our own events, keep no state in annotations,
     and bound every watch so a silent connection is noticed (kopf issues #585, #698, #787)."""
     settings.posting.level = logging.WARNING
@@ -29,8 +29,10 @@ def configure(settings: kopf.OperatorSettings, *, workers: int) -> None:
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    settings.batching.worker_limit = max(workers * 4, 16)
     settings.scanning.disabled = True
+    # Our event handlers only feed the work queue, so kopf's per-object workers must not be
+    # capped: a cap makes a burst of new tasks wait for idle workers to time out.
+    settings.queueing.worker_limit = None
 
 
 @kopf.on.login()
@@ -42,7 +44,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     workers = int(memo.get("workers", 8))
-    configure(settings, workers=workers)
+    configure(settings)
     api = await load_client()
     controller = Controller(Kube(api), workers=workers)
     memo["api"] = api

@@ -337,3 +337,38 @@ def test_operator_restart_loses_nothing(namespace: str, operator: Operator) -> N
             "ComputationEnded",
             "Success",
         ]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        sname, _, rest = series.partition("{")
+        got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if sname == name and got == want:
+            return float(value)
+    return 0.0
+
+
+def test_metrics_follow_the_tasks(namespace: str, operator: Operator) -> None:
+    before = operator.metrics()
+    apply(namespace, task_manifest("counted", duration="1s"))
+    apply(namespace, task_manifest("counted-fail", duration="1s", exit_code=4))
+    wait_phase(namespace, "counted", "Success")
+    wait_phase(namespace, "counted-fail", "Failed")
+    after = operator.metrics()
+    to_success = {"from_phase": "ComputationEnded", "to_phase": "Success"}
+    assert (
+        metric(after, "simtask_transitions_total", **to_success)
+        >= metric(before, "simtask_transitions_total", **to_success) + 1
+    )
+    ended = {"machine_group": "", "outcome": "Failed"}
+    assert metric(after, "simtask_run_duration_seconds_count", **ended) >= 1
+    assert metric(after, "simtask_queue_wait_seconds_count", machine_group="") >= 2
+    assert "simtask_reconcile_duration_seconds_bucket" in after
+    assert "# TYPE simtask_tasks gauge" in after
+    # No label carries a task's name.
+    assert "counted" not in after
