@@ -166,14 +166,21 @@ class Controller:
 
     def on_group_event(self, etype: str, body: Obj) -> None:
         """A MachineGroup event from kopf's watch: its tasks may move."""
-        if etype == "DELETED":
-            self.groups.remove(obj_key(body))
-        else:
-            self.groups.put(body)
+        deleted = etype == "DELETED"
+        prev = self.groups.remove(obj_key(body)) if deleted else self.groups.put(body)
         name = str((body.get("metadata") or {}).get("name"))
         self.group_queue.add(name)
-        for key in self.book.tasks_of(name):
-            self.queue.add(key)
+
+        def what_tasks_see(group: Obj | None) -> Any:
+            meta = (group or {}).get("metadata") or {}
+            phase = ((group or {}).get("status") or {}).get("phase")
+            return (group is None, meta.get("generation"), meta.get("deletionTimestamp"), phase)
+
+        # Our own status writes (task counts) change nothing for the tasks: waking every task
+        # of the group on each of them would make every transition cost a pass per task.
+        if deleted or what_tasks_see(prev) != what_tasks_see(body):
+            for key in self.book.tasks_of(name):
+                self.queue.add(key)
 
     def _task_key_for_uid(self, uid: Hashable) -> Key | None:
         found = self.tasks.by("uid", uid)
