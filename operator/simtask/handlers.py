@@ -43,7 +43,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    workers = int(memo.get("workers", 8))
+    workers = int(memo.get("workers", 32))
     configure(settings)
     api = await load_client()
     controller = Controller(Kube(api), workers=workers)

@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("SIMTASK_WORKERS", "8")),
+        default=int(os.environ.get("SIMTASK_WORKERS", "32")),
         help="tasks reconciled at once",
     )
     parser.add_argument(

@@ -329,7 +329,7 @@ def test_operator_accepts_the_deployment_args(chart: Chart) -> None:
     (container,) = _pod(chart.render("operator.logLevel=DEBUG"))["containers"]
     args = parse_args(container["args"])
     assert args.standalone and args.all_namespaces
-    assert args.log_level == "DEBUG" and args.workers == 8
+    assert args.log_level == "DEBUG" and args.workers == 32
     # The ports the chart probes and scrapes are the operator's defaults.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (args.metrics_port, args.health_port) == (ports["metrics"], ports["health"])
