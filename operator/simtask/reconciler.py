@@ -26,7 +26,7 @@ from simtask.decide import (
 )
 from simtask.informers import Informer, Key, Obj, Store, obj_key
 from simtask.kube import ApiError, Kube
-from simtask.lifecycle import NOT_STARTED, RUNNING, Phase, is_terminal, parse_phase
+from simtask.lifecycle import RUNNING, Phase, is_terminal, parse_phase
 from simtask.machinegroups import GROUP_FINALIZER, GroupBook, group_state, group_status
 from simtask.workqueue import WorkQueue
 
@@ -367,11 +367,7 @@ class Controller:
 
         phase = parse_phase(status.get("phase"))
         missing = None
-        if (
-            phase is None
-            or phase in NOT_STARTED
-            or phase in (Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED)
-        ):
+        if _may_start_an_attempt(task, phase):
             missing = await self._missing_inputs(task)
         group = self.book.view(task)
 
@@ -562,6 +558,19 @@ class Controller:
                     metrics.RUN_DURATION.labels(group_name, str(t.to_phase)).observe(
                         max((t.time - started).total_seconds(), 0)
                     )
+
+
+def _may_start_an_attempt(task: Obj, phase: Phase | None) -> bool:
+    """Whether this pass may create a Job, so the task's inputs must be looked up first."""
+    spec, status = task.get("spec") or {}, task.get("status") or {}
+    if not spec.get("inputs"):
+        return False
+    if phase is None or phase in (Phase.PENDING_INPUT, Phase.HELD):
+        return True
+    if phase == Phase.SUBMITTED:
+        return not status.get("jobName")
+    retry = int(spec.get("retry") or 0) > int(status.get("retry") or 0)
+    return phase in (Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED) or retry
 
 
 def _last_time(history: list[dict[str, Any]], phase: Phase, attempt: int) -> datetime | None:
