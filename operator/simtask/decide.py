@@ -9,10 +9,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from simtask import builders, names, preemption
+from simtask import builders, preemption
+from simtask.conditions import task_conditions
 from simtask.durations import format_duration, parse_duration
 from simtask.lifecycle import (
     NOT_STARTED,
@@ -24,12 +25,11 @@ from simtask.lifecycle import (
     parse_phase,
 )
 from simtask.podstate import AttemptObservation, observe_attempt
+from simtask.resubmission import resubmission_allowed, resubmit_backoff
+from simtask.timestamps import parse_ts, ts
 
 Obj = Mapping[str, Any]
 
-#: Backoff before an automatic resubmission: BASE * 2**resubmissions, capped.
-RESUBMIT_BACKOFF_BASE = timedelta(seconds=2)
-RESUBMIT_BACKOFF_CAP = timedelta(minutes=5)
 #: How often a task waiting for its inputs looks again.
 INPUT_POLL = timedelta(seconds=3)
 
@@ -138,44 +138,8 @@ class Decision:
 # ---------------------------------------------------------------- helpers
 
 
-def ts(value: datetime) -> str:
-    """RFC 3339 as Kubernetes writes it."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_ts(value: object) -> datetime | None:
-    """A Kubernetes timestamp (or None)."""
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
 def _spec(task: Obj) -> Mapping[str, Any]:
     return task.get("spec") or {}
-
-
-def resubmission_allowed(spec: Mapping[str, Any], resubmissions: int) -> bool:
-    """Whether a lost attempt is followed by a new one."""
-    return bool(spec.get("resubmitOnPreemption", True)) and resubmissions < int(
-        spec.get("maxResubmissions", 3)
-    )
-
-
-def resubmit_backoff(resubmissions: int) -> timedelta:
-    """How long to wait before resubmission number `resubmissions + 1`."""
-    backoff: timedelta = RESUBMIT_BACKOFF_BASE * (2 ** min(resubmissions, 20))
-    return min(backoff, RESUBMIT_BACKOFF_CAP)
-
-
-def placement_group(spec: Mapping[str, Any], spot_preemptions: int) -> str | None:
-    """The MachineGroup the next attempt goes to: the fallback once enough spot losses happened."""
-    fallback = spec.get("fallbackMachineGroup")
-    if fallback and spot_preemptions >= int(spec.get("fallbackAfterPreemptions", 2)):
-        return str(fallback)
-    group = spec.get("machineGroup")
-    return str(group) if group else None
 
 
 def is_spot(group: GroupView | None, node: Obj | None, remembered: bool | None = None) -> bool:
@@ -644,57 +608,13 @@ def _finish_status(p: _Pass) -> None:
     if phase is not None and not terminal and p.phase in RUNNING:
         status.pop("queuePosition", None)
 
-    reason = str(phase) if phase else "Pending"
-    message = str(status.get("message") or "")
-    succeeded = phase == Phase.SUCCESS
-    conds: list[tuple[str, str, str]] = [
-        ("Ready", "True" if succeeded else "False", reason),
-        ("Reconciling", "False" if terminal else "True", reason),
-        ("Stalled", "True" if terminal and not succeeded else "False", reason),
-    ]
-    if terminal:
-        conds.append(("Succeeded", "True" if succeeded else "False", reason))
-        conds.append(("Failed", "False" if succeeded else "True", reason))
-    status["conditions"] = _conditions(
-        p.old_status.get("conditions") or [], conds, message, generation, p.now
+    status["conditions"] = task_conditions(
+        p.old_status.get("conditions") or [],
+        phase,
+        terminal=terminal,
+        message=str(status.get("message") or ""),
+        generation=generation,
+        now=p.now,
     )
-    if terminal is False:
-        status["conditions"] = [
-            c for c in status["conditions"] if c["type"] not in ("Succeeded", "Failed")
-        ]
     for key in [k for k, v in status.items() if v is None]:
         del status[key]
-
-
-def _conditions(
-    old: Sequence[Mapping[str, Any]],
-    wanted: Sequence[tuple[str, str, str]],
-    message: str,
-    generation: int,
-    now: datetime,
-) -> list[dict[str, Any]]:
-    """Conditions per the API conventions: lastTransitionTime moves only when status does."""
-    before = {str(c.get("type")): c for c in old}
-    out = []
-    for ctype, status, reason in wanted:
-        prev = before.get(ctype)
-        changed = prev is None or prev.get("status") != status
-        out.append(
-            {
-                "type": ctype,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": generation,
-                "lastTransitionTime": ts(now)
-                if changed
-                else prev.get("lastTransitionTime", ts(now)),  # type: ignore[union-attr]
-            }
-        )
-    return out
-
-
-def labels_for(task: Obj) -> dict[str, str]:
-    """The labels by which the task's Jobs and pods are found."""
-    meta = task.get("metadata") or {}
-    return {names.LABEL_TASK_UID: str(meta.get("uid"))}

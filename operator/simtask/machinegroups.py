@@ -7,10 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from simtask import names
-from simtask.decide import GroupView, job_finished, parse_ts, placement_group
+from simtask.conditions import condition
+from simtask.decide import GroupView, job_finished
 from simtask.durations import parse_duration
 from simtask.informers import Key, Obj, Store, obj_key
 from simtask.lifecycle import RUNNING, Phase, parse_phase
+from simtask.resubmission import placement_group
+from simtask.timestamps import parse_ts, ts
 
 #: Phases in which a task holds one of its group's slots (once it has a Job).
 _HOLDS_SLOT = RUNNING | {Phase.SUBMITTED, Phase.PENDING_KILLED}
@@ -207,27 +210,6 @@ class GroupBook:
 GROUP_FINALIZER = "simtask.dev/machinegroup"
 
 
-def _condition(
-    old: list[dict[str, Any]],
-    ctype: str,
-    status: str,
-    reason: str,
-    message: str,
-    generation: int,
-    now: datetime,
-) -> dict[str, Any]:
-    prev = next((c for c in old if c.get("type") == ctype), None)
-    when = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
-    return {
-        "type": ctype,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": when or now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-
-
 def group_status(group: Obj, nodes: list[Obj], tasks: list[Obj], now: datetime) -> dict[str, Any]:
     """The status of a MachineGroup from its nodes and the tasks placed on it (pure)."""
     from simtask.preemption import is_spot_node
@@ -284,9 +266,7 @@ def group_status(group: Obj, nodes: list[Obj], tasks: list[Obj], now: datetime) 
     ttl = spec.get("timeToLive")
     created = parse_ts(meta.get("creationTimestamp"))
     if ttl and created is not None:
-        status["expiresAt"] = (
-            (created + parse_duration(str(ttl))).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        )
+        status["expiresAt"] = ts(created + parse_duration(str(ttl)))
     if phase == "Active":
         reason, message = (
             ("NodesReady", f"{len(ready)} of {len(members)} nodes Ready")
@@ -305,7 +285,7 @@ def group_status(group: Obj, nodes: list[Obj], tasks: list[Obj], now: datetime) 
     gen = status["observedGeneration"]
     status["reason"], status["message"] = reason, message
     status["conditions"] = [
-        _condition(
+        condition(
             list(old.get("conditions") or []),
             "Ready",
             "True" if status["phase"] == "Active" and ready else "False",

@@ -21,13 +21,12 @@ from simtask.decide import (
     SuspendJob,
     decide,
     job_finished,
-    parse_ts,
-    ts,
 )
 from simtask.informers import Informer, Key, Obj, Store, obj_key
 from simtask.kube import ApiError, Kube
 from simtask.lifecycle import RUNNING, Phase, is_terminal, parse_phase
 from simtask.machinegroups import GROUP_FINALIZER, GroupBook, group_state, group_status
+from simtask.timestamps import parse_ts, ts
 from simtask.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)

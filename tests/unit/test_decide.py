@@ -12,9 +12,8 @@ from simtask.decide import (
     Observed,
     SuspendJob,
     decide,
-    placement_group,
-    resubmit_backoff,
 )
+from simtask.resubmission import resubmit_backoff
 from tests.unit import fixtures as f
 
 Obj = dict[str, Any]
@@ -244,18 +243,6 @@ def test_quota_full_queues_with_position_and_no_job() -> None:
     )
     assert phases(d) == ["Submitted"] and d.actions == []
     assert d.status["queuePosition"] == 2 and "position 2" in d.status["message"]
-
-
-def test_fallback_group_after_enough_spot_preemptions() -> None:
-    spec = {
-        "machineGroup": "cpu-spot",
-        "fallbackMachineGroup": "cpu-standard",
-        "fallbackAfterPreemptions": 2,
-    }
-    assert placement_group(spec, 0) == "cpu-spot"
-    assert placement_group(spec, 1) == "cpu-spot"
-    assert placement_group(spec, 2) == "cpu-standard"
-    assert placement_group({"machineGroup": "g"}, 9) == "g"
 
 
 def test_a_deleted_spot_node_is_still_spot() -> None:

@@ -1,0 +1,63 @@
+"""Conditions per the Kubernetes API conventions, and the set a SimulationTask carries.
+
+Ready, Reconciling and Stalled are what Flux's kstatus and Argo CD read; Succeeded and
+Failed appear once the task is terminal, for `kubectl wait --for=condition=...`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from simtask.lifecycle import Phase
+from simtask.timestamps import ts
+
+
+def condition(
+    old: Sequence[Mapping[str, Any]],
+    ctype: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """One condition; its lastTransitionTime moves only when its status does."""
+    prev = next((c for c in old if c.get("type") == ctype), None)
+    kept = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": kept or ts(now),
+    }
+
+
+def task_conditions(
+    old: Sequence[Mapping[str, Any]],
+    phase: Phase | None,
+    *,
+    terminal: bool,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The conditions of a SimulationTask in `phase`; the reason is the phase itself."""
+    reason = str(phase) if phase else "Pending"
+    succeeded = phase == Phase.SUCCESS
+    wanted = [
+        ("Ready", "True" if succeeded else "False"),
+        ("Reconciling", "False" if terminal else "True"),
+        ("Stalled", "True" if terminal and not succeeded else "False"),
+    ]
+    if terminal:
+        wanted += [
+            ("Succeeded", "True" if succeeded else "False"),
+            ("Failed", "False" if succeeded else "True"),
+        ]
+    return [
+        condition(old, ctype, status, reason, message, generation, now) for ctype, status in wanted
+    ]
