@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,10 +22,11 @@ from simtask.decide import (
     decide,
     job_finished,
 )
+from simtask.groupcontroller import GroupController
 from simtask.informers import Informer, Key, Obj, Store, obj_key
 from simtask.kube import ApiError, Kube
-from simtask.lifecycle import RUNNING, Phase, is_terminal, parse_phase
-from simtask.machinegroups import GROUP_FINALIZER, GroupBook, group_state, group_status
+from simtask.lifecycle import RUNNING, Phase, parse_phase
+from simtask.machinegroups import GroupBook
 from simtask.timestamps import parse_ts, ts
 from simtask.workqueue import WorkQueue
 
@@ -92,6 +93,7 @@ class Controller:
         self.pods = Store({"task": _task_uid, "node": _node_name})
         self.nodes = Store()
         self.book = GroupBook(self.tasks, self.groups, self.nodes, self.jobs)
+        self.group_controller = GroupController(kube, self.book, self.group_queue, self.queue.add)
         self.workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         selector = names.LABEL_TASK_UID
@@ -134,8 +136,10 @@ class Controller:
             self._tasks.append(asyncio.create_task(inf.run(), name=f"informer-{inf.resource}"))
         await asyncio.gather(*(inf.synced.wait() for inf in self.informers))
         for i in range(self.workers):
-            self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
-        self._tasks.append(asyncio.create_task(self._group_worker(), name="group-worker"))
+            worker = self._worker(self.queue, self.reconcile, "SimulationTask")
+            self._tasks.append(asyncio.create_task(worker, name=f"worker-{i}"))
+        groups = self._worker(self.group_queue, self.group_controller.reconcile, "MachineGroup")
+        self._tasks.append(asyncio.create_task(groups, name="group-worker"))
         self._tasks.append(asyncio.create_task(self._gauges(), name="gauges"))
         self.ready.set()
         logger.info(
@@ -209,123 +213,33 @@ class Controller:
 
     # -- workers
 
-    async def _worker(self) -> None:
+    async def _worker(
+        self, queue: WorkQueue, handle: Callable[[Any], Awaitable[None]], what: str
+    ) -> None:
+        """Process keys of `queue` with `handle`; failures are counted and retried later."""
         while True:
-            key = await self.queue.get()
+            key = await queue.get()
             metrics.WORKQUEUE_DEPTH.set(len(self.queue))
             t0 = time.perf_counter()
             try:
-                await self.reconcile(key)  # type: ignore[arg-type]
+                await handle(key)
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
                 if exc.code == 409:
-                    self.queue.add_after(key, 0.2)  # Someone wrote first: look again.
+                    queue.add_after(key, 0.2)  # Someone wrote first: look again.
                 else:
                     metrics.RECONCILE_ERRORS.labels("api").inc()
-                    logger.warning("reconcile %s/%s: %s", *key, exc)  # type: ignore[misc]
-                    self.queue.add_after(key, 2.0)
+                    logger.warning("%s %s: %s", what, key, exc)
+                    queue.add_after(key, 2.0)
             except Exception:
                 metrics.RECONCILE_ERRORS.labels("internal").inc()
-                logger.exception("reconcile %s/%s failed", *key)  # type: ignore[misc]
-                self.queue.add_after(key, 5.0)
+                logger.exception("%s %s failed", what, key)
+                queue.add_after(key, 5.0)
             finally:
-                metrics.RECONCILE_DURATION.observe(time.perf_counter() - t0)
-                self.queue.done(key)
-
-    async def _group_worker(self) -> None:
-        while True:
-            name = await self.group_queue.get()
-            try:
-                await self.reconcile_group(str(name))
-            except asyncio.CancelledError:
-                raise
-            except ApiError as exc:
-                if exc.code != 409:
-                    metrics.RECONCILE_ERRORS.labels("api").inc()
-                    logger.warning("MachineGroup %s: %s", name, exc)
-                self.group_queue.add_after(name, 0.5 if exc.code == 409 else 2.0)
-            except Exception:
-                metrics.RECONCILE_ERRORS.labels("internal").inc()
-                logger.exception("MachineGroup %s failed", name)
-                self.group_queue.add_after(name, 5.0)
-            finally:
-                self.group_queue.done(name)
-
-    async def reconcile_group(self, name: str) -> None:
-        """Status, finalizer and expiry of one MachineGroup."""
-        group = self.groups.get(("", name))
-        if group is None:
-            return
-        meta = group["metadata"]
-        path = f"/apis/{GROUP}/{VERSION}/machinegroups/{name}"
-        finalizers = list(meta.get("finalizers") or [])
-        now = datetime.now(UTC)
-        members = [self.tasks.get(k) for k in self.book.tasks_of(name)]
-        tasks = [t for t in members if t is not None]
-        if meta.get("deletionTimestamp"):
-            if GROUP_FINALIZER in finalizers and not self._group_busy(name, tasks):
-                finalizers.remove(GROUP_FINALIZER)
-                await self.kube.merge_patch(
-                    path,
-                    {
-                        "metadata": {
-                            "finalizers": finalizers,
-                            "resourceVersion": meta["resourceVersion"],
-                        }
-                    },
-                    resource="machinegroups",
-                )
-            elif GROUP_FINALIZER in finalizers:
-                self.group_queue.add_after(name, 1.0)
-            return
-        if GROUP_FINALIZER not in finalizers:
-            updated = await self.kube.merge_patch(
-                path,
-                {
-                    "metadata": {
-                        "finalizers": [*finalizers, GROUP_FINALIZER],
-                        "resourceVersion": meta["resourceVersion"],
-                    }
-                },
-                resource="machinegroups",
-            )
-            self.groups.put(updated)
-            group = updated
-        status = group_status(group, list(self.nodes.objects.values()), tasks, now)
-        if status != (group.get("status") or {}):
-            updated = await self.kube.merge_patch(
-                path + "/status",
-                {
-                    "metadata": {"resourceVersion": group["metadata"]["resourceVersion"]},
-                    "status": status,
-                },
-                resource="machinegroups",
-            )
-            self.groups.put(updated)
-        if group_state(group, now) != "Active":
-            for task in tasks:
-                self.queue.add(obj_key(task))
-        elif status.get("expiresAt"):
-            expires = parse_ts(status["expiresAt"])
-            if expires is not None:
-                self.group_queue.add_after(name, max((expires - now).total_seconds(), 0) + 0.1)
-
-    def _group_busy(self, name: str, tasks: list[Obj]) -> bool:
-        """Whether a task of the group still has to be stopped before the group may go."""
-        for task in tasks:
-            status = task.get("status") or {}
-            phase = parse_phase(status.get("phase"))
-            if not is_terminal(phase):
-                return True
-        return any(
-            ((job.get("metadata") or {}).get("labels") or {}).get(names.LABEL_MACHINE_GROUP) == name
-            and not any(
-                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                for c in (job.get("status") or {}).get("conditions") or []
-            )
-            for job in self.jobs.objects.values()
-        )
+                if queue is self.queue:
+                    metrics.RECONCILE_DURATION.observe(time.perf_counter() - t0)
+                queue.done(key)
 
     async def _gauges(self) -> None:
         while True:
