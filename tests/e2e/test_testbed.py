@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from tests.e2e.cluster import condition, eventually, kubectl, kubectl_json, testbed
+from tests.e2e.cluster import ROOT, condition, eventually, kubectl, kubectl_json, testbed
 from tests.e2e.tasks import GPU_TOLERATION, SPOT_TOLERATION
 
 
@@ -327,3 +331,37 @@ def test_deleting_a_running_pod_stops_it(
     )
     eventually(lambda: job_pod(core, namespace, "deleted") is None, timeout=60, what="pod removed")
     assert started is not None
+
+
+def test_up_again_is_a_quick_no_op(cluster: str) -> None:
+    proc = subprocess.run(
+        [str(ROOT / "hack" / "testbed"), "up"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == cluster and "already running" in proc.stderr
+
+
+def test_up_fails_fast_when_a_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = dict(
+            os.environ,
+            TESTBED_DIR=str(tmp_path),
+            TESTBED_APISERVER_PORT=str(port),
+            TESTBED_ETCD_PORT="0",
+            TESTBED_CM_PORT="0",
+            TESTBED_SCHEDULER_PORT="0",
+            TESTBED_KWOK_PORT="0",
+        )
+        proc = subprocess.run(
+            [str(ROOT / "hack" / "testbed"), "up"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    assert proc.returncode == 1
+    assert f"kube-apiserver 127.0.0.1:{port}" in proc.stderr and "in use" in proc.stderr
+    assert not list((tmp_path / "pids").glob("*.pid"))  # nothing left running
