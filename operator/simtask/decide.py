@@ -70,6 +70,8 @@ class Observed:
     group: GroupView | None = None
     #: Why the API server refused this attempt's Job, when it did.
     job_rejected: str | None = None
+    #: Why the spec is invalid, when the API models reject what the CRD let through.
+    spec_error: str | None = None
 
 
 # ---------------------------------------------------------------- what comes out
@@ -367,6 +369,9 @@ def _before_start(p: _Pass) -> None:
     p.status.pop("queuePosition", None)
     if obs.job_rejected:
         p.move(Phase.FAILED, "JobRejected", f"the API server refused the Job: {obs.job_rejected}")
+        return
+    if obs.spec_error:
+        p.move(Phase.FAILED, "InvalidSpec", f"spec is invalid: {obs.spec_error}")
         return
     manifest = builders.build_job(
         dict(p.task),

@@ -10,7 +10,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from simtask import GROUP, VERSION, metrics, names
+from simtask.api import parse_task_spec
 from simtask.decide import (
     CreateJob,
     Decision,
@@ -295,6 +298,7 @@ class Controller:
                 missing_inputs=missing,
                 group=group,
                 job_rejected=rejected[1] if rejected and rejected[0] == uid else None,
+                spec_error=spec_error(task),
             ),
             now,
         )
@@ -471,6 +475,18 @@ class Controller:
                     metrics.RUN_DURATION.labels(group_name, str(t.to_phase)).observe(
                         max((t.time - started).total_seconds(), 0)
                     )
+
+
+def spec_error(task: Obj) -> str | None:
+    """What the API models find wrong with the spec (a CRD without our validation, say)."""
+    try:
+        parse_task_spec(task.get("spec") or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        return f"spec.{where}: {first['msg']}{more}"
+    return None
 
 
 def _may_start_an_attempt(task: Obj, phase: Phase | None) -> bool:

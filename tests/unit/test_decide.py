@@ -268,3 +268,34 @@ def test_a_job_the_api_server_refuses_fails_the_task() -> None:
     )
     assert phases(d) == ["Failed"] and d.status["reason"] == "JobRejected"
     assert "Invalid value" in d.status["message"] and d.actions == []
+
+
+def test_examples_pass_the_api_models_and_a_bad_spec_fails_clearly() -> None:
+    import pathlib
+
+    import yaml
+
+    from simtask.reconciler import spec_error
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "examples"
+    tasks = [
+        d
+        for p in root.glob("*.yaml")
+        for d in yaml.safe_load_all(p.read_text())
+        if d and d.get("kind") == "SimulationTask"
+    ]
+    assert len(tasks) >= 5
+    for task in tasks:
+        assert spec_error(task) is None, task["metadata"]["name"]
+    assert spec_error({"spec": {"image": "x", "resources": {"gpu": -1}}}).startswith(
+        "spec.resources.gpu"
+    )
+
+
+def test_an_invalid_spec_fails_before_any_job() -> None:
+    d = decide(
+        Observed(task=fresh(), missing_inputs=[], spec_error="spec.resources.gpu: too small"),
+        f.at(0),
+    )
+    assert phases(d) == ["Submitted", "Failed"]
+    assert d.status["reason"] == "InvalidSpec" and d.actions == []
