@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import threading
@@ -21,6 +20,7 @@ from urllib.parse import urlencode
 
 import urllib3
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The testbed's state directory: TESTBED_DIR, as hack/testbed reads it.
@@ -281,22 +281,14 @@ def start_watches(watches: list[Watch], timeout: float = 60.0) -> None:
             raise RuntimeError(f"{w.name}: no first list after {timeout:.0f}s: {w.errors[-3:]}")
 
 
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
 def parse_metrics(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     """The samples of metric `name` in Prometheus text format, as (labels, value)."""
-    samples: list[tuple[dict[str, str], float]] = []
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        m = _SAMPLE.match(line)
-        if m is None or m.group("name") != name:
-            continue
-        labels = dict(_LABEL.findall(m.group("labels") or ""))
-        samples.append((labels, float(m.group("value"))))
-    return samples
+    return [
+        (dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 #: The verbs that write. APPLY is server-side apply (a PATCH with another content type).

@@ -14,6 +14,23 @@ from simtask.lifecycle import Phase
 from simtask.timestamps import ts
 
 
+def find_condition(obj: Mapping[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    """The condition of type `ctype` in `obj.status.conditions`, if there is one."""
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or ():
+        if cond.get("type") == ctype:
+            return dict(cond)
+    return None
+
+
+def condition_true(obj: Mapping[str, Any] | None, *ctypes: str) -> dict[str, Any] | None:
+    """The first of the `ctypes` conditions of `obj` whose status is True, if any."""
+    for ctype in ctypes:
+        cond = find_condition(obj, ctype)
+        if cond is not None and cond.get("status") == "True":
+            return cond
+    return None
+
+
 def condition(
     old: Sequence[Mapping[str, Any]],
     ctype: str,

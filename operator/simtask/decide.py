@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from simtask import builders, preemption
-from simtask.conditions import task_conditions
+from simtask.conditions import condition_true, task_conditions
 from simtask.durations import format_duration, parse_duration
 from simtask.lifecycle import (
     NOT_STARTED,
@@ -24,7 +24,7 @@ from simtask.lifecycle import (
     is_terminal,
     parse_phase,
 )
-from simtask.podstate import AttemptObservation, observe_attempt
+from simtask.podstate import compute_seconds, observe_attempt, vanished_attempt
 from simtask.resubmission import resubmission_allowed, resubmit_backoff
 from simtask.timestamps import parse_ts, ts
 
@@ -140,10 +140,6 @@ class Decision:
 # ---------------------------------------------------------------- helpers
 
 
-def _spec(task: Obj) -> Mapping[str, Any]:
-    return task.get("spec") or {}
-
-
 def is_spot(group: GroupView | None, node: Obj | None, remembered: bool | None = None) -> bool:
     """A group's explicit `spec.spot` wins; otherwise the node's cloud labels tell. When the
     node is gone (deleted by the cloud), what the attempt recorded of it, else what the
@@ -168,7 +164,7 @@ class _Pass:
         self.obs = obs
         self.now = now
         self.task = obs.task
-        self.spec = _spec(obs.task)
+        self.spec: Mapping[str, Any] = obs.task.get("spec") or {}
         self.old_status: dict[str, Any] = copy.deepcopy(dict(obs.task.get("status") or {}))
         self.status = copy.deepcopy(self.old_status)
         self.status.setdefault("history", [])
@@ -233,9 +229,6 @@ class _Pass:
             if int(rec.get("attempt") or 0) < self.attempt and rec.get("phase"):
                 return str(rec["phase"])
         return None
-
-    def spot_preemptions(self) -> int:
-        return sum(1 for r in self.status["attempts"] if r.get("phase") == Phase.SPOT_PREEMPTED)
 
     def new_attempt(self, reason: str, message: str) -> None:
         self.attempt += 1
@@ -380,14 +373,13 @@ def _before_start(p: _Pass) -> None:
         previous_attempt_phase=p.previous_attempt_phase(),
     )
     p.status["jobName"] = manifest["metadata"]["name"]
-    p.status["machineGroup"] = group.name if group is not None else None
-    if p.status["machineGroup"] is None:
-        p.status.pop("machineGroup")
     p.decision.actions.append(CreateJob(manifest))
     rec = p.attempt_record() or {"attempt": p.attempt}
     rec["jobName"] = manifest["metadata"]["name"]
     if group is not None:
-        rec["machineGroup"] = group.name
+        p.status["machineGroup"] = rec["machineGroup"] = group.name
+    else:
+        p.status.pop("machineGroup", None)
     p.put_attempt_record(rec)
 
 
@@ -404,36 +396,29 @@ def _follow_attempt(p: _Pass) -> None:
     if job is None and not pods:
         if p.phase == Phase.SUBMITTED:
             return  # The Job is being created (or the cache has not seen it yet).
-        disruption = preemption.classify_disruption(None, node, node_name, None)
-        if disruption is None and node_name and node is None:
-            disruption = preemption.Disruption(
-                "preempted", "NodeDeleted", f"node {node_name} was deleted, and the attempt with it"
-            )
-        obs_steps = _lost_steps(disruption, spot, node_name, p.now)
-        view = AttemptObservation(
-            steps=obs_steps,
+        view = vanished_attempt(
+            node,
+            node_name,
+            spot=spot,
             job_name=p.status.get("jobName"),
             pod_name=p.status.get("podName"),
-            node_name=node_name,
-            exit_code=None,
-            start_time=None,
-            end_time=p.now,
-            ended=True,
-            delete_job=False,
-            unschedulable_message=None,
+            now=p.now,
         )
     else:
         view = observe_attempt(job, list(pods), node, spot=spot, node_name=node_name)
 
     if view.unschedulable_message and p.phase == Phase.SUBMITTED:
         p.status["reason"], p.status["message"] = "Unschedulable", view.unschedulable_message
-    for key, value in (
-        ("jobName", view.job_name),
-        ("podName", view.pod_name),
-        ("nodeName", view.node_name),
-    ):
-        if value:
-            p.status[key] = value
+    executor = {
+        key: value
+        for key, value in (
+            ("jobName", view.job_name),
+            ("podName", view.pod_name),
+            ("nodeName", view.node_name),
+        )
+        if value
+    }
+    p.status.update(executor)
     if view.exit_code is not None:
         p.status["exitCode"] = view.exit_code
     if view.start_time and not p.status.get("startTime"):
@@ -446,17 +431,7 @@ def _follow_attempt(p: _Pass) -> None:
             break
 
     rec = p.attempt_record() or {"attempt": p.attempt}
-    rec.update(
-        {
-            k: v
-            for k, v in (
-                ("jobName", view.job_name),
-                ("podName", view.pod_name),
-                ("nodeName", view.node_name),
-            )
-            if v
-        }
-    )
+    rec.update(executor)
     if p.obs.group is not None:
         rec["machineGroup"] = p.obs.group.name
     if view.start_time:
@@ -492,22 +467,6 @@ def _group_gone_while_running(p: _Pass) -> None:
         _cleanup_jobs(p)
 
 
-def _lost_steps(
-    disruption: preemption.Disruption | None, spot: bool, node_name: str | None, now: datetime
-) -> tuple[Any, ...]:
-    from simtask.podstate import Step
-
-    if disruption is not None and disruption.kind == "preempted":
-        return (Step(preemption.preempted_phase(spot), now, disruption.reason, disruption.message),)
-    reason = disruption.reason if disruption else "ExecutorLost"
-    message = (
-        disruption.message
-        if disruption
-        else (f"the Job and pod of this attempt disappeared (node {node_name or 'unknown'})")
-    )
-    return (Step(Phase.EXECUTOR_FAILED, now, reason, message),)
-
-
 def _close_attempt(p: _Pass, phase: Phase, end: datetime) -> None:
     rec = p.attempt_record() or {"attempt": p.attempt}
     if rec.get("phase") == phase and rec.get("endTime"):
@@ -517,8 +476,6 @@ def _close_attempt(p: _Pass, phase: Phase, end: datetime) -> None:
     start = parse_ts(rec.get("startTime"))
     cpu, gpu = 0.0, 0.0
     if start is not None:
-        from simtask.podstate import compute_seconds
-
         cpu, gpu = compute_seconds(p.obs.jobs.get(p.attempt), start, end)
     rec["cpuSeconds"] = round(cpu, 3)
     rec["gpuSeconds"] = round(gpu, 3)
@@ -561,10 +518,7 @@ def _after_preemption(p: _Pass) -> None:
 
 def job_finished(job: Obj) -> bool:
     """Whether the Job controller has marked the Job Complete or Failed."""
-    return any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in (job.get("status") or {}).get("conditions") or []
-    )
+    return condition_true(job, "Complete", "Failed") is not None
 
 
 def _cleanup_jobs(p: _Pass) -> None:

@@ -12,6 +12,7 @@ from simtask.decide import GroupView, job_finished
 from simtask.durations import parse_duration
 from simtask.informers import Key, Obj, Store, obj_key
 from simtask.lifecycle import RUNNING, Phase, parse_phase
+from simtask.preemption import is_spot_node, node_ready
 from simtask.resubmission import placement_group
 from simtask.timestamps import parse_ts, ts
 
@@ -47,6 +48,24 @@ def selects(node: Obj, selector: Mapping[str, str]) -> bool:
 def _spot_preemptions(task: Obj) -> int:
     attempts = (task.get("status") or {}).get("attempts") or []
     return sum(1 for a in attempts if a.get("phase") == Phase.SPOT_PREEMPTED)
+
+
+def queued_for(task: Obj, group: str) -> bool:
+    """Whether the task waits for a slot of `group`: placed there, not started, no Job yet."""
+    status = task.get("status") or {}
+    spec = task.get("spec") or {}
+    return (
+        placement_group(spec, _spot_preemptions(task)) == group
+        and parse_phase(status.get("phase")) in (None, Phase.SUBMITTED)
+        and not status.get("jobName")
+        and not spec.get("hold")
+        and not spec.get("kill")
+    )
+
+
+def node_gpus(node: Obj) -> int:
+    """The GPUs a node offers (its allocatable `nvidia.com/gpu`)."""
+    return int(((node.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu", 0))
 
 
 def _waiting_since(task: Obj) -> tuple[str, str]:
@@ -87,7 +106,7 @@ class GroupBook:
 
     def waiting_tasks(self, group: str) -> list[Key]:
         """Tasks queued for `group` (no Job yet)."""
-        return [obj_key(t) for t in self.tasks.objects.values() if self._waiting(t, group)]
+        return [obj_key(t) for t in self.tasks.objects.values() if queued_for(t, group)]
 
     def _holders(self, group: str) -> set[Key]:
         """Tasks holding a slot: a Job of theirs on the group is not finished, or their status
@@ -112,17 +131,6 @@ class GroupBook:
             ):
                 holders.add(obj_key(task))
         return holders
-
-    def _waiting(self, task: Obj, group: str) -> bool:
-        status = task.get("status") or {}
-        spec = task.get("spec") or {}
-        return (
-            placement_group(spec, _spot_preemptions(task)) == group
-            and parse_phase(status.get("phase")) in (None, Phase.SUBMITTED)
-            and not status.get("jobName")
-            and not spec.get("hold")
-            and not spec.get("kill")
-        )
 
     def view(self, task: Obj, now: datetime | None = None) -> GroupView | None:
         """The group the task's next attempt is placed on, with quota and placement answers."""
@@ -154,7 +162,7 @@ class GroupBook:
         reserved.intersection_update(
             k
             for k in list(reserved)
-            if (t := self.tasks.get(k)) is not None and self._waiting(t, name)
+            if (t := self.tasks.get(k)) is not None and queued_for(t, name)
         )
         active = len((holders | reserved) - {key})
         if key in holders:
@@ -163,7 +171,7 @@ class GroupBook:
             (
                 t
                 for t in self.tasks.objects.values()
-                if self._waiting(t, name) and obj_key(t) not in reserved
+                if queued_for(t, name) and obj_key(t) not in reserved
             ),
             key=_waiting_since,
         )
@@ -192,10 +200,7 @@ class GroupBook:
         members = [n for n in self.nodes.objects.values() if selects(n, selector)]
         if not members:
             return None
-        most = max(
-            int(((n.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu", 0))
-            for n in members
-        )
+        most = max(node_gpus(n) for n in members)
         if gpus > most:
             return (
                 f"asks for {gpus} GPUs but the largest node of MachineGroup {name!r} has {most}; "
@@ -212,26 +217,14 @@ GROUP_FINALIZER = "simtask.dev/machinegroup"
 
 def group_status(group: Obj, nodes: list[Obj], tasks: list[Obj], now: datetime) -> dict[str, Any]:
     """The status of a MachineGroup from its nodes and the tasks placed on it (pure)."""
-    from simtask.preemption import is_spot_node
-
     spec = group.get("spec") or {}
     meta = group.get("metadata") or {}
     old = dict(group.get("status") or {})
     name = str(meta.get("name"))
     state = group_state(group, now)
     members = [n for n in nodes if selects(n, spec.get("nodeSelector") or {})]
-    ready = [
-        n
-        for n in members
-        if any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in (n.get("status") or {}).get("conditions") or []
-        )
-    ]
-    gpus = sum(
-        int(((n.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu", 0))
-        for n in members
-    )
+    ready = [n for n in members if node_ready(n)]
+    gpus = sum(node_gpus(n) for n in members)
     explicit = spec.get("spot")
     spot = (
         bool(explicit)
@@ -245,13 +238,7 @@ def group_status(group: Obj, nodes: list[Obj], tasks: list[Obj], now: datetime) 
         if (t.get("status") or {}).get("machineGroup") == name
         and parse_phase((t.get("status") or {}).get("phase")) in RUNNING
     )
-    book_waiting = [
-        t
-        for t in tasks
-        if parse_phase((t.get("status") or {}).get("phase")) == Phase.SUBMITTED
-        and not (t.get("status") or {}).get("jobName")
-        and placement_group(t.get("spec") or {}, _spot_preemptions(t)) == name
-    ]
+    queued = sum(1 for t in tasks if queued_for(t, name))
     phase = {"Active": "Active", "Expired": "Expired"}.get(state, "Terminated")
     status: dict[str, Any] = {
         "phase": phase,
@@ -260,7 +247,7 @@ def group_status(group: Obj, nodes: list[Obj], tasks: list[Obj], now: datetime) 
         "gpus": gpus,
         "spot": spot,
         "runningTasks": running,
-        "queuedTasks": len(book_waiting),
+        "queuedTasks": queued,
         "observedGeneration": int(meta.get("generation") or 0),
     }
     ttl = spec.get("timeToLive")

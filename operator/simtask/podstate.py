@@ -14,15 +14,15 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from simtask import preemption
+from simtask.conditions import condition_true, find_condition
 from simtask.lifecycle import Phase
 from simtask.names import SIMULATOR_CONTAINER
 from simtask.preemption import (
     Obj,
-    find_condition,
-    parse_timestamp,
     simulator_status,
     simulator_terminated,
 )
+from simtask.timestamps import parse_ts
 
 #: Phases that end an attempt.
 ENDINGS: frozenset[Phase] = frozenset(
@@ -155,7 +155,7 @@ def observe_attempt(
         steps.append(ending)
     end_time: datetime | None = None
     if ending is not None:
-        finished = parse_timestamp(terminated.get("finishedAt")) if terminated else None
+        finished = parse_ts(terminated.get("finishedAt")) if terminated else None
         end_time = finished or ending.time
     # A pod being deleted from a node that is gone or down will never report again.
     deleting = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
@@ -183,7 +183,7 @@ def pick_pod(pods: Sequence[Obj]) -> Obj | None:
 
     def key(pod: Obj) -> tuple[bool, datetime]:
         meta: Obj = pod.get("metadata") or {}
-        created = parse_timestamp(meta.get("creationTimestamp")) or _EPOCH
+        created = parse_ts(meta.get("creationTimestamp")) or _EPOCH
         return (not meta.get("deletionTimestamp"), created)
 
     return max(pods, key=key)
@@ -272,21 +272,13 @@ def _job_suspended(job: Obj | None) -> bool:
     return job is not None and bool((job.get("spec") or {}).get("suspend"))
 
 
-def _job_condition_true(job: Obj | None, *kinds: str) -> Obj | None:
-    for kind in kinds:
-        cond = find_condition(job, kind)
-        if cond is not None and cond.get("status") == "True":
-            return cond
-    return None
-
-
 def _job_complete_time(job: Obj | None) -> datetime | None:
-    cond = _job_condition_true(job, "SuccessCriteriaMet", "Complete")
+    cond = condition_true(job, "SuccessCriteriaMet", "Complete")
     if cond is not None:
-        when = parse_timestamp(cond.get("lastTransitionTime"))
+        when = parse_ts(cond.get("lastTransitionTime"))
         if when is not None:
             return when
-    return parse_timestamp(((job or {}).get("status") or {}).get("completionTime"))
+    return parse_ts(((job or {}).get("status") or {}).get("completionTime"))
 
 
 def _template_simulator(job: Obj) -> Obj:
@@ -310,15 +302,15 @@ def _bound_time(pod: Obj) -> datetime | None:
     """When the pod was bound: PodScheduled's lastTransitionTime, else the kubelet's startTime."""
     scheduled = find_condition(pod, "PodScheduled")
     if scheduled is not None and scheduled.get("status") == "True":
-        when = parse_timestamp(scheduled.get("lastTransitionTime"))
+        when = parse_ts(scheduled.get("lastTransitionTime"))
         if when is not None:
             return when
-    return parse_timestamp((pod.get("status") or {}).get("startTime"))
+    return parse_ts((pod.get("status") or {}).get("startTime"))
 
 
 def _real_start(value: object) -> datetime | None:
     """A container start time, or None for the zero time a never-started container shows."""
-    when = parse_timestamp(value)
+    when = parse_ts(value)
     return when if when is not None and when > _EPOCH else None
 
 
@@ -344,7 +336,7 @@ def _computation_steps(pod: Obj, terminated: Obj | None, exit_code: int | None) 
         steps.append(
             Step(
                 Phase.COMPUTATION_ENDED,
-                parse_timestamp(terminated.get("finishedAt")),
+                parse_ts(terminated.get("finishedAt")),
                 "SimulatorExited",
                 "the simulator exited with code 0; outputs are being written",
             )
@@ -357,11 +349,11 @@ def _success_time(pod: Obj | None, terminated: Obj | None, job: Obj | None) -> d
     if pod is not None:
         ready = find_condition(pod, "Ready")
         if ready is not None and ready.get("reason") == "PodCompleted":
-            when = parse_timestamp(ready.get("lastTransitionTime"))
+            when = parse_ts(ready.get("lastTransitionTime"))
             if when is not None:
                 return when
         if terminated is not None:
-            when = parse_timestamp(terminated.get("finishedAt"))
+            when = parse_ts(terminated.get("finishedAt"))
             if when is not None:
                 return when
     return _job_complete_time(job)
@@ -377,7 +369,7 @@ def _success(pod: Obj | None, terminated: Obj | None, job: Obj | None) -> Step:
 
 
 def _ttl_exceeded(pod: Obj | None, terminated: Obj | None, job: Obj | None) -> Step:
-    when = parse_timestamp(terminated.get("finishedAt")) if terminated else None
+    when = parse_ts(terminated.get("finishedAt")) if terminated else None
     said = str(((pod or {}).get("status") or {}).get("message") or "")
     detail = f" ({said})" if said else ""
     return Step(
@@ -403,7 +395,7 @@ def _tail(text: object) -> str:
 def _simulator_failed(pod: Obj, terminated: Obj, exit_code: int | None) -> Step:
     """The Failed step of a simulator that exited non-zero, was OOM-killed or never started."""
     reason = terminated.get("reason")
-    when = parse_timestamp(terminated.get("finishedAt"))
+    when = parse_ts(terminated.get("finishedAt"))
     if reason == "OOMKilled":
         limit = ((_pod_simulator_spec(pod).get("resources") or {}).get("limits") or {}).get(
             "memory"
@@ -470,9 +462,7 @@ def _ending(
 ) -> tuple[Step | None, bool]:
     """The step ending the attempt, if the pod or Job shows one, and whether to delete the Job."""
     status: Obj = pod.get("status") or {}
-    if status.get("phase") == "Succeeded" or _job_condition_true(
-        job, "Complete", "SuccessCriteriaMet"
-    ):
+    if status.get("phase") == "Succeeded" or condition_true(job, "Complete", "SuccessCriteriaMet"):
         return _success(pod, terminated, job), False
     if (
         status.get("reason") == "DeadlineExceeded"
@@ -500,7 +490,7 @@ def _observe_without_pod(
 ) -> AttemptObservation:
     """No pod (yet, or any more): only a finished Job says anything."""
     ending: Step | None = None
-    if _job_condition_true(job, "Complete", "SuccessCriteriaMet"):
+    if condition_true(job, "Complete", "SuccessCriteriaMet"):
         ending = _success(None, None, job)
     elif preemption.job_failure_reason(job) == "DeadlineExceeded":
         ending = _ttl_exceeded(None, None, job)
@@ -516,6 +506,27 @@ def _observe_without_pod(
         job_name=job_name,
         node_name=node_name,
         end_time=ending.time,
+        ended=True,
+    )
+
+
+def vanished_attempt(
+    node: Obj | None,
+    node_name: str | None,
+    *,
+    spot: bool,
+    job_name: str | None,
+    pod_name: str | None,
+    now: datetime,
+) -> AttemptObservation:
+    """A running attempt whose pod and Job are both gone: it ended, lost, now."""
+    step = _disruption_step(preemption.classify_vanished(node, node_name, now), spot=spot)
+    return AttemptObservation(
+        steps=(step,),
+        job_name=job_name,
+        pod_name=pod_name,
+        node_name=node_name,
+        end_time=now,
         ended=True,
     )
 

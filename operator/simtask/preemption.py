@@ -1,7 +1,7 @@
 """Why a pod ended without the simulator ending it: preemption, node loss, eviction.
 
 Pure functions of the objects the API server returns (camelCase JSON dicts). The small
-readers at the end (`parse_timestamp`, `find_condition`, `simulator_status`) are shared
+readers at the end (`simulator_status`, ...) are shared
 with `simtask.podstate`.
 """
 
@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from simtask.conditions import condition_true, find_condition
 from simtask.lifecycle import Phase
 from simtask.names import SIMULATOR_CONTAINER
+from simtask.timestamps import parse_ts
 
 #: A Kubernetes object as the API server returns it.
 Obj = Mapping[str, Any]
@@ -54,6 +56,8 @@ DRAIN_TAINTS = frozenset(
 
 #: Pod `status.reason` values the kubelet sets when a graceful node shutdown ends a pod.
 _SHUTDOWN_POD_REASONS = frozenset({"Terminated", "Shutdown"})
+#: The Job conditions that say it failed (FailureTarget comes first, since Kubernetes 1.31).
+_JOB_FAILED = ("Failed", "FailureTarget")
 #: Container termination reasons that are not the simulator's own exit.
 _NOT_AN_EXIT = frozenset({"ContainerStatusUnknown"})
 
@@ -106,7 +110,7 @@ def classify_disruption(
     exited, exit_time = _own_exit(pod)
     target = find_condition(pod, "DisruptionTarget")
     if target is not None and target.get("status") == "True":
-        since = parse_timestamp(target.get("lastTransitionTime"))
+        since = parse_ts(target.get("lastTransitionTime"))
         if exited and exit_time is not None and since is not None and exit_time < since:
             return None  # the simulator had already exited when the disruption came
         return _from_disruption_target(target, pod, node, node_name)
@@ -157,39 +161,26 @@ def job_failed(job: Obj | None) -> bool:
     """Whether a Job shows it failed: a Failed/FailureTarget condition or a failed pod."""
     if job is None:
         return False
-    for kind in ("Failed", "FailureTarget"):
-        cond = find_condition(job, kind)
-        if cond is not None and cond.get("status") == "True":
-            return True
-    return int((job.get("status") or {}).get("failed") or 0) >= 1
+    return condition_true(job, *_JOB_FAILED) is not None or (
+        int((job.get("status") or {}).get("failed") or 0) >= 1
+    )
 
 
 def job_failure_reason(job: Obj | None) -> str | None:
     """The reason of the Job's Failed (or FailureTarget) condition, when it has one."""
-    if job is None:
-        return None
-    for kind in ("Failed", "FailureTarget"):
-        cond = find_condition(job, kind)
-        if cond is not None and cond.get("status") == "True":
-            return str(cond.get("reason") or "") or None
-    return None
+    cond = condition_true(job, *_JOB_FAILED)
+    return str(cond.get("reason") or "") or None if cond is not None else None
 
 
 def job_failure_time(job: Obj | None) -> datetime | None:
     """When the Job's Failed (or FailureTarget) condition was set."""
-    if job is None:
-        return None
-    for kind in ("Failed", "FailureTarget"):
-        cond = find_condition(job, kind)
-        if cond is not None and cond.get("status") == "True":
-            return parse_timestamp(cond.get("lastTransitionTime"))
-    return None
+    cond = condition_true(job, *_JOB_FAILED)
+    return parse_ts(cond.get("lastTransitionTime")) if cond is not None else None
 
 
 def node_ready(node: Obj) -> bool:
     """Whether the node's Ready condition is True (False and Unknown both count as lost)."""
-    cond = find_condition(node, "Ready")
-    return cond is not None and cond.get("status") == "True"
+    return condition_true(node, "Ready") is not None
 
 
 def node_taints(node: Obj, effect: str | None = None) -> list[Obj]:
@@ -199,28 +190,6 @@ def node_taints(node: Obj, effect: str | None = None) -> list[Obj]:
 
 
 # --- readers shared with podstate ---------------------------------------------------
-
-
-def parse_timestamp(value: object) -> datetime | None:
-    """A datetime for an RFC 3339 timestamp of the API ("2024-05-01T10:00:00Z"), else None."""
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def find_condition(obj: Obj | None, kind: str) -> Obj | None:
-    """The condition of `kind` in `obj.status.conditions`, if there is one."""
-    if obj is None:
-        return None
-    for cond in (obj.get("status") or {}).get("conditions") or ():
-        if cond.get("type") == kind:
-            return cond  # type: ignore[no-any-return]
-    return None
 
 
 def simulator_status(pod: Obj | None) -> Obj | None:
@@ -267,13 +236,13 @@ def _own_exit(pod: Obj) -> tuple[bool, datetime | None]:
     terminated = simulator_terminated(pod)
     if terminated is None or terminated.get("reason") in _NOT_AN_EXIT:
         return False, None
-    return True, parse_timestamp(terminated.get("finishedAt"))
+    return True, parse_ts(terminated.get("finishedAt"))
 
 
 def _deletion_requested(pod: Obj) -> datetime | None:
     """When deletion of the pod was asked for: deletionTimestamp minus the grace period."""
     meta: Obj = pod.get("metadata") or {}
-    deleted = parse_timestamp(meta.get("deletionTimestamp"))
+    deleted = parse_ts(meta.get("deletionTimestamp"))
     if deleted is None:
         return None
     grace = int(meta.get("deletionGracePeriodSeconds") or 0)
@@ -284,11 +253,11 @@ def _pod_end_time(pod: Obj) -> datetime | None:
     """When the pod stopped: the simulator's finishedAt, else its Ready condition's change."""
     terminated = simulator_terminated(pod)
     if terminated is not None:
-        finished = parse_timestamp(terminated.get("finishedAt"))
+        finished = parse_ts(terminated.get("finishedAt"))
         if finished is not None:
             return finished
     ready = find_condition(pod, "Ready")
-    return parse_timestamp(ready.get("lastTransitionTime")) if ready else None
+    return parse_ts(ready.get("lastTransitionTime")) if ready else None
 
 
 def _describe_taints(taints: Iterable[Obj]) -> str:
@@ -349,16 +318,30 @@ def _classify_gone(node: Obj | None, node_name: str | None, job: Obj | None) -> 
         return None
     if job_failure_reason(job) == "DeadlineExceeded":
         return None  # the Job's own deadline: a TTLExceeded, not a lost executor
-    when = job_failure_time(job)
+    return _lost(node, node_name, job_failure_time(job), job_failed=True)
+
+
+def classify_vanished(node: Obj | None, node_name: str | None, when: datetime) -> Disruption:
+    """A running attempt's pod and Job are both gone (deleted by hand, or before a restart):
+    what the node shows, else an executor lost for reasons the cluster no longer tells."""
+    return _lost(node, node_name, when, job_failed=False)
+
+
+def _lost(
+    node: Obj | None, node_name: str | None, when: datetime | None, *, job_failed: bool
+) -> Disruption:
+    gone = "the pod is gone" if job_failed else "the pod and its Job are gone"
     found = _node_disruption(node, node_name, when)
     if found is not None:
-        return Disruption(found.kind, found.reason, f"{found.message}; the pod is gone", when)
+        return Disruption(found.kind, found.reason, f"{found.message}; {gone}", when)
     where = f" from node {node_name}" if node_name else " before it was seen on a node"
+    what = (
+        f"the pod disappeared{where} and its Job failed"
+        if job_failed
+        else f"the pod and its Job disappeared{where}"
+    )
     return Disruption(
-        "executor-failed",
-        "ExecutorLost",
-        f"the pod disappeared{where} and its Job failed; the cluster does not say why",
-        when,
+        "executor-failed", "ExecutorLost", f"{what}; the cluster does not say why", when
     )
 
 
@@ -405,7 +388,7 @@ def _from_disruption_target(
     """A Disruption from the pod's DisruptionTarget condition."""
     reason = str(cond.get("reason") or "")
     said = str(cond.get("message") or "")
-    when = parse_timestamp(cond.get("lastTransitionTime"))
+    when = parse_ts(cond.get("lastTransitionTime"))
     status: Obj = pod.get("status") or {}
     where = node_name or "(unknown)"
     if reason == TAINT_MANAGER:

@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from simtask import GROUP, VERSION, metrics, names
-from simtask.api import parse_task_spec
+from simtask.api import SimulationTaskSpec, TaskInput, parse_task_spec
+from simtask.builders import job_attempt
+from simtask.conditions import find_condition
 from simtask.decide import (
     CreateJob,
     Decision,
@@ -28,7 +30,7 @@ from simtask.decide import (
 from simtask.groupcontroller import GroupController
 from simtask.informers import Informer, Key, Obj, Store, obj_key
 from simtask.kube import ApiError, Kube
-from simtask.lifecycle import RUNNING, Phase, parse_phase
+from simtask.lifecycle import ALWAYS_TERMINAL, PREEMPTED, RUNNING, Phase, parse_phase
 from simtask.machinegroups import GroupBook
 from simtask.timestamps import parse_ts, ts
 from simtask.workqueue import WorkQueue
@@ -36,6 +38,16 @@ from simtask.workqueue import WorkQueue
 logger = logging.getLogger(__name__)
 
 TASKS_PATH = f"/apis/{GROUP}/{VERSION}"
+
+#: Transitions whose Event is a Warning: ways a task or attempt ends that the user did not ask for.
+_WARNING_PHASES = (ALWAYS_TERMINAL | PREEMPTED) - {Phase.SUCCESS, Phase.KILLED}
+
+#: The object an input names: its kind, and its resource in the core API.
+_INPUT_OBJECTS: dict[str, tuple[str, str]] = {
+    "configMap": ("ConfigMap", "configmaps"),
+    "secret": ("Secret", "secrets"),
+    "persistentVolumeClaim": ("PersistentVolumeClaim", "persistentvolumeclaims"),
+}
 
 
 def task_path(namespace: str, name: str, sub: str = "") -> str:
@@ -52,29 +64,17 @@ def _node_name(obj: Obj) -> list[Hashable]:
     return [node] if node else []
 
 
-def _attempt_of(obj: Obj) -> int:
-    try:
-        return int(((obj.get("metadata") or {}).get("labels") or {}).get(names.LABEL_ATTEMPT, 0))
-    except ValueError:
-        return 0
-
-
 def _node_changed(old: Obj | None, new: Obj) -> bool:
     """Whether a node event can change what its tasks show (taints, readiness, deletion)."""
     if old is None:
         return False
 
     def view(node: Obj) -> Any:
-        ready = [
-            c.get("status")
-            for c in (node.get("status") or {}).get("conditions") or []
-            if c.get("type") == "Ready"
-        ]
         spec = node.get("spec") or {}
         return (
             spec.get("taints"),
             spec.get("unschedulable"),
-            ready,
+            (find_condition(node, "Ready") or {}).get("status"),
             (node.get("metadata") or {}).get("deletionTimestamp"),
         )
 
@@ -269,10 +269,10 @@ class Controller:
         uid = task["metadata"]["uid"]
         jobs: dict[int, Obj] = {}
         for job in self.jobs.by("task", uid):
-            jobs[_attempt_of(job)] = job
+            jobs[job_attempt(job) or 0] = job
         pods: dict[int, list[Obj]] = {}
         for pod in self.pods.by("task", uid):
-            pods.setdefault(_attempt_of(pod), []).append(pod)
+            pods.setdefault(job_attempt(pod) or 0, []).append(pod)
         node_names = {n for ps in pods.values() for p in ps for n in _node_name(p)}
         status = task.get("status") or {}
         if status.get("nodeName"):
@@ -282,9 +282,11 @@ class Controller:
         }
 
         phase = parse_phase(status.get("phase"))
-        missing = None
+        missing, invalid = None, None
         if _may_start_an_attempt(task, phase):
-            missing = await self._missing_inputs(task)
+            spec, invalid = parse_spec(task)
+            if spec is not None and spec.inputs:
+                missing = await self._missing_inputs(task["metadata"]["namespace"], spec.inputs)
         group = self.book.view(task)
 
         now = datetime.now(UTC)
@@ -298,7 +300,7 @@ class Controller:
                 missing_inputs=missing,
                 group=group,
                 job_rejected=rejected[1] if rejected and rejected[0] == uid else None,
-                spec_error=spec_error(task),
+                spec_error=invalid,
             ),
             now,
         )
@@ -317,40 +319,21 @@ class Controller:
         if decision.requeue_after is not None:
             self.queue.add_after(key, decision.requeue_after)
 
-    async def _missing_inputs(self, task: Obj) -> list[str]:
-        ns = task["metadata"]["namespace"]
+    async def _missing_inputs(self, ns: str, inputs: list[TaskInput]) -> list[str]:
         missing: list[str] = []
-        for item in (task.get("spec") or {}).get("inputs") or []:
-            name = item.get("name")
-            if item.get("configMap"):
-                kind, path, res = (
-                    "ConfigMap",
-                    f"/api/v1/namespaces/{ns}/configmaps/{item['configMap']}",
-                    "configmaps",
-                )
-                ref = item["configMap"]
-            elif item.get("secret"):
-                kind, path, res = (
-                    "Secret",
-                    f"/api/v1/namespaces/{ns}/secrets/{item['secret']}",
-                    "secrets",
-                )
-                ref = item["secret"]
-            else:
-                ref = item.get("persistentVolumeClaim")
-                kind, res = "PersistentVolumeClaim", "persistentvolumeclaims"
-                path = f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{ref}"
-            obj = await self.kube.get(path, resource=res)
+        for item in inputs:
+            field, ref = item.source()
+            kind, resource = _INPUT_OBJECTS[field]
+            obj = await self.kube.get(
+                f"/api/v1/namespaces/{ns}/{resource}/{ref}", resource=resource
+            )
+            phase = ((obj or {}).get("status") or {}).get("phase", "Pending")
             if obj is None:
-                missing.append(f"input {name!r}: {kind} {ref!r} does not exist in namespace {ns!r}")
-            elif (
-                kind == "PersistentVolumeClaim"
-                and (obj.get("status") or {}).get("phase") != "Bound"
-            ):
                 missing.append(
-                    f"input {name!r}: PersistentVolumeClaim {ref!r} is "
-                    f"{(obj.get('status') or {}).get('phase', 'Pending')}, not Bound"
+                    f"input {item.name!r}: {kind} {ref!r} does not exist in namespace {ns!r}"
                 )
+            elif field == "persistentVolumeClaim" and phase != "Bound":
+                missing.append(f"input {item.name!r}: {kind} {ref!r} is {phase}, not Bound")
         return missing
 
     async def _write_status(self, task: Obj, decision: Decision) -> None:
@@ -405,21 +388,9 @@ class Controller:
                     task_path(ns, task["metadata"]["name"]), resource="simulationtasks"
                 )
 
-    async def _event(
-        self, task: Obj, phase: Phase | str, reason: str, message: str, *, warning: bool = False
-    ) -> None:
+    async def _event(self, task: Obj, phase: Phase, reason: str, message: str) -> None:
         meta = task["metadata"]
         now = ts(datetime.now(UTC))
-        warn = warning or str(phase) in {
-            "Failed",
-            "Zombie",
-            "ExecutorFailed",
-            "TTLExceeded",
-            "SpotPreempted",
-            "ExecutorTerminated",
-            "ExecutorTerminatedByUser",
-            "ExecutorTerminatedTTLExceeded",
-        }
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -435,7 +406,7 @@ class Controller:
                 "uid": meta["uid"],
                 "resourceVersion": meta.get("resourceVersion"),
             },
-            "type": "Warning" if warn else "Normal",
+            "type": "Warning" if phase in _WARNING_PHASES else "Normal",
             "reason": reason if reason and reason[0].isupper() else str(phase),
             "message": f"{phase}: {message}"[:1024],
             "source": {"component": "simtask-operator"},
@@ -477,29 +448,32 @@ class Controller:
                     )
 
 
-def spec_error(task: Obj) -> str | None:
-    """What the API models find wrong with the spec (a CRD without our validation, say)."""
+def parse_spec(task: Obj) -> tuple[SimulationTaskSpec | None, str | None]:
+    """The spec as the API models read it, or what they find wrong with it (a CRD without
+    our validation, say)."""
     try:
-        parse_task_spec(task.get("spec") or {})
+        return parse_task_spec(task.get("spec") or {}), None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return f"spec.{where}: {first['msg']}{more}"
-    return None
+        return None, f"spec.{where}: {first['msg']}{more}"
+
+
+def spec_error(task: Obj) -> str | None:
+    """What the API models find wrong with the spec, if anything."""
+    return parse_spec(task)[1]
 
 
 def _may_start_an_attempt(task: Obj, phase: Phase | None) -> bool:
-    """Whether this pass may create a Job, so the task's inputs must be looked up first."""
+    """Whether this pass may create a Job, so the spec and inputs must be checked first."""
     spec, status = task.get("spec") or {}, task.get("status") or {}
-    if not spec.get("inputs"):
-        return False
     if phase is None or phase in (Phase.PENDING_INPUT, Phase.HELD):
         return True
     if phase == Phase.SUBMITTED:
         return not status.get("jobName")
     retry = int(spec.get("retry") or 0) > int(status.get("retry") or 0)
-    return phase in (Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED) or retry
+    return phase in PREEMPTED or retry
 
 
 def _last_time(history: list[dict[str, Any]], phase: Phase, attempt: int) -> datetime | None:

@@ -11,9 +11,13 @@ def ts(value: datetime) -> str:
 
 
 def parse_ts(value: object) -> datetime | None:
-    """A Kubernetes timestamp (or None)."""
-    if not value:
-        return None
+    """A datetime for an API timestamp ("2024-05-01T10:00:00Z"); None when absent or malformed."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

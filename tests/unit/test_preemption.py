@@ -11,9 +11,9 @@ from simtask.preemption import (
     Disruption,
     classify_disruption,
     is_spot_node,
-    parse_timestamp,
     preempted_phase,
 )
+from simtask.timestamps import parse_ts as parse_timestamp
 from tests.unit.fixtures import (
     at,
     disruption_target,
