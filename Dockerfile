@@ -46,4 +46,4 @@ WORKDIR /tmp
 EXPOSE 8000 8080
 
 ENTRYPOINT ["simtask-operator"]
-CMD ["--standalone", "--all-namespaces"]
+CMD ["--leader-elect"]

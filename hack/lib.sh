@@ -6,7 +6,7 @@ simtask_venv() {
     if [[ ! -x "$VENV/bin/python" ]]; then
         python3 -m venv "$VENV"
     fi
-    if ! "$VENV/bin/python" -c "import simtask, kopf, pytest, kubernetes" 2>/dev/null \
+    if ! "$VENV/bin/python" -c "import simtask, aiohttp, pytest, kubernetes" 2>/dev/null \
         || [[ pyproject.toml -nt "$VENV/.installed" ]]; then
         "$VENV/bin/pip" install --quiet --upgrade pip
         "$VENV/bin/pip" install --quiet -e ".[test]"

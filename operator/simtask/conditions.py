@@ -61,20 +61,22 @@ def task_conditions(
     message: str,
     generation: int,
     now: datetime,
+    stalled: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The conditions of a SimulationTask in `phase`; the reason is the phase itself."""
+    """The conditions of a SimulationTask in `phase`; the reason is the phase itself, but
+    for a task `stalled` by an error that persists: Stalled says (reason, message)."""
     reason = str(phase) if phase else "Pending"
     succeeded = phase == Phase.SUCCESS
     wanted = [
-        ("Ready", "True" if succeeded else "False"),
-        ("Reconciling", "False" if terminal else "True"),
-        ("Stalled", "True" if terminal and not succeeded else "False"),
+        ("Ready", "True" if succeeded else "False", reason, message),
+        ("Reconciling", "False" if terminal else "True", reason, message),
+        ("Stalled", "True" if terminal and not succeeded else "False", reason, message),
     ]
+    if stalled is not None and not terminal:
+        wanted[2] = ("Stalled", "True", *stalled)
     if terminal:
         wanted += [
-            ("Succeeded", "True" if succeeded else "False"),
-            ("Failed", "False" if succeeded else "True"),
+            ("Succeeded", "True" if succeeded else "False", reason, message),
+            ("Failed", "False" if succeeded else "True", reason, message),
         ]
-    return [
-        condition(old, ctype, status, reason, message, generation, now) for ctype, status in wanted
-    ]
+    return [condition(old, *spec, generation, now) for spec in wanted]

@@ -25,6 +25,7 @@ from simtask.lifecycle import (
     parse_phase,
 )
 from simtask.podstate import compute_seconds, observe_attempt, vanished_attempt
+from simtask.preemption import node_ready
 from simtask.resubmission import resubmission_allowed, resubmit_backoff
 from simtask.timestamps import parse_ts, ts
 
@@ -72,6 +73,14 @@ class Observed:
     job_rejected: str | None = None
     #: Why the spec is invalid, when the API models reject what the CRD let through.
     spec_error: str | None = None
+    #: Nodes known to be deleted (not merely unknown): their pods will never report again.
+    gone_nodes: frozenset[str] = frozenset()
+    #: (reason, message) of an action that keeps failing (a Job the API server refuses to
+    #: create for now, a name taken by another owner, ...): shown until it succeeds.
+    stalled: tuple[str, str] | None = None
+    #: Why the Job controller cannot create the current attempt's pod (its FailedCreate
+    #: event: a ResourceQuota, an unknown PriorityClass, an admission webhook), if it cannot.
+    pod_creation_error: str | None = None
 
 
 # ---------------------------------------------------------------- what comes out
@@ -405,10 +414,20 @@ def _follow_attempt(p: _Pass) -> None:
             now=p.now,
         )
     else:
-        view = observe_attempt(job, list(pods), node, spot=spot, node_name=node_name)
+        view = observe_attempt(
+            job,
+            list(pods),
+            node,
+            spot=spot,
+            node_name=node_name,
+            node_gone=bool(node_name) and node_name in p.obs.gone_nodes,
+        )
 
     if view.unschedulable_message and p.phase == Phase.SUBMITTED:
         p.status["reason"], p.status["message"] = "Unschedulable", view.unschedulable_message
+    if p.obs.pod_creation_error and p.phase == Phase.SUBMITTED and job is not None and not pods:
+        p.status["reason"] = "PodCreationFailed"
+        p.status["message"] = f"the Job cannot create the pod: {p.obs.pod_creation_error}"
     executor = {
         key: value
         for key, value in (
@@ -492,11 +511,7 @@ def _after_preemption(p: _Pass) -> None:
             else f"maxResubmissions {p.spec.get('maxResubmissions', 3)} reached"
         )
         # From the history entry, not the current message, so a second pass adds nothing.
-        history: list[dict[str, Any]] = p.status["history"]
-        entry: dict[str, Any] = next(
-            (h for h in reversed(history) if h.get("phase") == p.phase), {}
-        )
-        p.status["message"] = f"{entry.get('message', p.phase)} ({why}; no resubmission)"
+        p.status["message"] = f"{_last_entry(p).get('message', p.phase)} ({why}; no resubmission)"
         _cleanup_jobs(p)
         return
     rec = p.attempt_record()
@@ -506,6 +521,13 @@ def _after_preemption(p: _Pass) -> None:
     if p.now < at:
         p.decision.wake(at - p.now)
         return
+    stopping = _still_running(p)
+    if stopping:
+        p.status["message"] = (
+            f"{_last_entry(p).get('message', p.phase)}; attempt {p.attempt + 1} starts once "
+            f"pod {stopping} of attempt {p.attempt} has stopped"
+        )
+        return  # Its pod's events wake the task.
     lost = p.phase
     p.status["resubmissions"] = resubmissions + 1
     p.new_attempt(
@@ -514,6 +536,31 @@ def _after_preemption(p: _Pass) -> None:
         f"({resubmissions + 1} of {p.spec.get('maxResubmissions', 3)})",
     )
     _before_start(p)
+
+
+def _last_entry(p: _Pass) -> dict[str, Any]:
+    """The history entry of the move into the current phase."""
+    history: list[dict[str, Any]] = p.status["history"]
+    return next((h for h in reversed(history) if h.get("phase") == p.phase), {})
+
+
+def _still_running(p: _Pass) -> str | None:
+    """A pod of an earlier attempt that may still be running (terminating during its grace
+    period, say, and writing to /outputs): the next attempt waits until it is gone. Pods of
+    a node that is gone or down will never stop by themselves and do not count."""
+    for attempt, pods in p.obs.pods.items():
+        if attempt > p.attempt:
+            continue
+        for pod in pods:
+            node_name = (pod.get("spec") or {}).get("nodeName")
+            node = p.obs.nodes.get(node_name) if node_name else None
+            if node is None or node_name in p.obs.gone_nodes or not node_ready(node):
+                continue
+            phase = (pod.get("status") or {}).get("phase")
+            deleting = (pod.get("metadata") or {}).get("deletionTimestamp")
+            if deleting or phase not in ("Succeeded", "Failed"):
+                return str(pod["metadata"]["name"])
+    return None
 
 
 def job_finished(job: Obj) -> bool:
@@ -567,6 +614,9 @@ def _finish_status(p: _Pass) -> None:
     if phase is not None and not terminal and p.phase in RUNNING:
         status.pop("queuePosition", None)
 
+    stalled = p.obs.stalled if not terminal else None
+    if stalled is not None:
+        status["reason"], status["message"] = stalled
     status["conditions"] = task_conditions(
         p.old_status.get("conditions") or [],
         phase,
@@ -574,6 +624,7 @@ def _finish_status(p: _Pass) -> None:
         message=str(status.get("message") or ""),
         generation=generation,
         now=p.now,
+        stalled=stalled,
     )
     for key in [k for k, v in status.items() if v is None]:
         del status[key]

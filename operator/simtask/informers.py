@@ -1,7 +1,11 @@
-"""In-memory caches fed by list+watch, with server-side label selectors.
+"""In-memory caches fed by list+watch: every kind the operator reads comes in this way.
 
-kopf's watches cannot carry a label selector, so the Jobs and pods the operator owns, and
-the nodes, are watched here: the API server only ever sends objects that match.
+An `Informer` lists, then watches from the list's resourceVersion with bookmarks, a server
+timeout and a client read timeout (a watch that goes silent is a failure, not a quiet
+cluster); it resumes from the last resourceVersion it saw and lists again when that has
+expired, emitting the deletions a relist finds. Its `Store` is a read-only snapshot of the
+server: an object deleted there leaves a tombstone so that a late write of ours cannot
+bring it back, and objects are trimmed of the fields the operator never reads.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
@@ -21,14 +26,24 @@ Obj = dict[str, Any]
 Key = tuple[str, str]
 #: Called with ("ADDED" | "MODIFIED" | "DELETED", new or last-known object, previous object).
 Listener = Callable[[str, Obj, Obj | None], None]
-#: Performs GET {path}?{params} (list, or watch with watch=true) and returns the raw response.
-Requester = Callable[[str, dict[str, str]], Awaitable[aiohttp.ClientResponse]]
+#: Performs GET {path}?{params} (list, or watch with watch=true) and returns the raw response;
+#: the third argument is the read timeout of a watch, in seconds.
+Requester = Callable[[str, dict[str, str], float | None], Awaitable[aiohttp.ClientResponse]]
+#: Trims an object to what the operator reads, in place.
+Trimmer = Callable[[Obj], None]
+
+#: How long a deleted object's UID is remembered (longer than any request can be late).
+TOMBSTONE_SECONDS = 600.0
 
 
 def obj_key(obj: Obj) -> Key:
     """(namespace, name); namespace is "" for cluster-scoped objects."""
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace") or ""), str(meta.get("name")))
+
+
+def obj_uid(obj: Obj | None) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("uid") or "")
 
 
 def _rv(obj: Obj | None) -> int:
@@ -38,46 +53,102 @@ def _rv(obj: Obj | None) -> int:
         return 0
 
 
+def trim_metadata(obj: Obj) -> None:
+    """Drop what no reader of ours needs: managedFields and the last-applied annotation."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        annotations = meta.get("annotations")
+        if annotations:
+            annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+
+
 class Store:
-    """Objects of one kind by (namespace, name), with secondary indexes."""
+    """Objects of one kind by (namespace, name), with secondary indexes and tombstones."""
 
     def __init__(self, indexers: dict[str, Callable[[Obj], list[Hashable]]] | None = None) -> None:
         self.objects: dict[Key, Obj] = {}
         self._indexers = indexers or {}
         self._indexes: dict[str, dict[Hashable, set[Key]]] = {n: {} for n in self._indexers}
+        #: UIDs of deleted objects, with when they were deleted (monotonic seconds).
+        self._tombstones: dict[str, float] = {}
 
     def get(self, key: Key) -> Obj | None:
         return self.objects.get(key)
 
     def by(self, index: str, value: Hashable) -> list[Obj]:
         """Objects whose `index` indexer yields `value`."""
-        keys = self._indexes[index].get(value, set())
+        keys = self._indexes[index].get(value, ())
         return [self.objects[k] for k in keys if k in self.objects]
 
+    def keys_by(self, index: str, value: Hashable) -> set[Key]:
+        """Keys of the objects whose `index` indexer yields `value`."""
+        return set(self._indexes[index].get(value, ()))
+
+    def deleted(self, uid: str) -> bool:
+        """Whether the object with this UID was deleted on the server."""
+        return uid in self._tombstones
+
     def put(self, obj: Obj) -> Obj | None:
-        """Store `obj` unless an equal or newer version is there; return what it replaced."""
+        """Store what the server sent, unless a newer version is here or it was deleted;
+        return the version it replaced (or, when refused, the one kept)."""
         key = obj_key(obj)
         old = self.objects.get(key)
         if old is not None and _rv(old) > _rv(obj) > 0:
             return old
+        if self.deleted(obj_uid(obj)):
+            return old
+        self._set(key, old, obj)
+        return old
+
+    def apply_write(self, obj: Obj) -> bool:
+        """Store the answer to a write of ours: only over an older version of the same object,
+        never as a new entry, so a write that raced a deletion cannot resurrect anything."""
+        key = obj_key(obj)
+        old = self.objects.get(key)
+        if old is None or obj_uid(old) != obj_uid(obj) or _rv(old) >= _rv(obj):
+            return False
+        self._set(key, old, obj)
+        return True
+
+    def remove(self, key: Key, uid: str | None = None) -> Obj | None:
+        """Forget the object at `key` (of `uid`, when given) and remember it was deleted."""
+        old = self.objects.get(key)
+        if uid:
+            self._tombstones[uid] = time.monotonic()
+        if old is None or (uid and obj_uid(old) != uid):
+            return None
+        del self.objects[key]
+        self._tombstones[obj_uid(old)] = time.monotonic()
+        self._unindex(key, old)
+        return old
+
+    def replace(self, objs: list[Obj]) -> tuple[list[tuple[Obj, Obj | None]], list[Obj]]:
+        """Make the store what a full list shows; return (added or changed, with what they
+        replaced) and the objects the list no longer has (deleted meanwhile)."""
+        seen: set[Key] = set()
+        changed: list[tuple[Obj, Obj | None]] = []
+        for obj in objs:
+            key = obj_key(obj)
+            seen.add(key)
+            old = self.objects.get(key)
+            if old is not None and obj_uid(old) != obj_uid(obj):
+                self.remove(key)  # Deleted and created again while we were not watching.
+                old = None
+            if old is None or _rv(old) != _rv(obj):
+                self.put(obj)
+                if self.objects.get(key) is obj:
+                    changed.append((obj, old))
+        gone = [self.remove(k) for k in list(self.objects) if k not in seen]
+        self._prune_tombstones()
+        return changed, [g for g in gone if g is not None]
+
+    def _set(self, key: Key, old: Obj | None, obj: Obj) -> None:
         self._unindex(key, old)
         self.objects[key] = obj
         for name, fn in self._indexers.items():
             for value in fn(obj):
                 self._indexes[name].setdefault(value, set()).add(key)
-        return old
-
-    def remove(self, key: Key) -> Obj | None:
-        old = self.objects.pop(key, None)
-        self._unindex(key, old)
-        return old
-
-    def replace(self, objs: list[Obj]) -> None:
-        self.objects.clear()
-        for idx in self._indexes.values():
-            idx.clear()
-        for obj in objs:
-            self.put(obj)
 
     def _unindex(self, key: Key, old: Obj | None) -> None:
         if old is None:
@@ -90,12 +161,21 @@ class Store:
                     if not keys:
                         del self._indexes[name][value]
 
+    def _prune_tombstones(self) -> None:
+        horizon = time.monotonic() - TOMBSTONE_SECONDS
+        for uid in [u for u, t in self._tombstones.items() if t < horizon]:
+            del self._tombstones[uid]
+
     def __len__(self) -> int:
         return len(self.objects)
 
 
+class WatchSilent(Exception):
+    """A watch sent nothing, not even a bookmark, for longer than its read timeout."""
+
+
 class Informer:
-    """List, then watch from the list's resourceVersion; relist when the watch expires."""
+    """List, then watch; resume or relist on every failure, forever, until cancelled."""
 
     def __init__(
         self,
@@ -105,24 +185,38 @@ class Informer:
         store: Store,
         *,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         listeners: list[Listener] | None = None,
+        trim: Trimmer = trim_metadata,
         watch_timeout: int = 290,
-        on_restart: Callable[[str], None] | None = None,
+        read_timeout: float = 90.0,
+        on_restart: Callable[[str, str], None] | None = None,
     ) -> None:
         self.resource = resource
         self.path = path
         self.request = request
         self.store = store
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.listeners = listeners or []
+        self.trim = trim
+        #: Asked of the server: it ends the watch after this long (we then resume it).
         self.watch_timeout = watch_timeout
+        #: Bookmarks arrive about once a minute; silence longer than this is a dead watch.
+        self.read_timeout = read_timeout
         self.on_restart = on_restart
         self.synced = asyncio.Event()
+        #: Monotonic time of the last byte received from the server.
+        self.last_heard = time.monotonic()
+        #: Where the watch resumes; "" to list first.
+        self.resource_version = ""
 
     def _params(self, **extra: str) -> dict[str, str]:
         params = dict(extra)
         if self.label_selector:
             params["labelSelector"] = self.label_selector
+        if self.field_selector:
+            params["fieldSelector"] = self.field_selector
         return params
 
     async def run(self) -> None:
@@ -130,18 +224,28 @@ class Informer:
         backoff = 0.5
         while True:
             try:
-                rv = await self._list()
+                if not self.resource_version:
+                    self.resource_version = await self._list()
+                await self._watch()
                 backoff = 0.5
-                while rv:
-                    rv = await self._watch(rv)
+                continue  # The server ended the watch (its timeout): resume where it was.
             except asyncio.CancelledError:
                 raise
+            except WatchSilent as exc:
+                why = "silent"
+                logger.warning("watch of %s: %s; watching again", self.resource, exc)
+            except _Expired:
+                why, self.resource_version = "expired", ""
+                logger.info("watch of %s expired; listing again", self.resource)
+                backoff = 0.5
             except Exception as exc:
-                logger.warning("watch of %s failed (%s); listing again", self.resource, exc)
-                await asyncio.sleep(backoff + random.random() * backoff)
-                backoff = min(backoff * 2, 30.0)
+                why, self.resource_version = "error", ""
+                logger.warning("watch of %s failed (%r); listing again", self.resource, exc)
             if self.on_restart is not None:
-                self.on_restart(self.resource)
+                self.on_restart(self.resource, why)
+            if why != "expired":
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
 
     async def _list(self) -> str:
         items: list[Obj] = []
@@ -151,65 +255,81 @@ class Informer:
             params = self._params(limit="500")
             if cont:
                 params["continue"] = cont
-            async with await self.request(self.path, params) as resp:
-                body = await resp.json()
+            async with await self.request(self.path, params, None) as resp:
+                body = await resp.json(loads=json.loads)
             if resp.status != 200:
+                if resp.status == 410:
+                    cont = ""  # The continue token expired: start the list over.
+                    items.clear()
+                    continue
                 raise RuntimeError(
                     f"list {self.resource}: HTTP {resp.status}: {body.get('message')}"
                 )
+            self.last_heard = time.monotonic()
             kind = str(body.get("kind", "")).removesuffix("List")
             api_version = body.get("apiVersion")
             for item in body.get("items") or []:
                 item.setdefault("kind", kind)
                 item.setdefault("apiVersion", api_version)
+                self.trim(item)
                 items.append(item)
             rv = str(body["metadata"].get("resourceVersion", ""))
             cont = str(body["metadata"].get("continue") or "")
             if not cont:
                 break
-        before = dict(self.store.objects)
-        self.store.replace(items)
-        for obj in items:
-            prev = before.pop(obj_key(obj), None)
-            if prev is None or _rv(prev) != _rv(obj):
-                self._notify("ADDED" if prev is None else "MODIFIED", obj, prev)
-        for gone in before.values():
-            self._notify("DELETED", gone, gone)
+        changed, gone = self.store.replace(items)
+        for obj, prev in changed:
+            self._notify("ADDED" if prev is None else "MODIFIED", obj, prev)
+        for gone_obj in gone:
+            self._notify("DELETED", gone_obj, gone_obj)
         self.synced.set()
         return rv
 
-    async def _watch(self, rv: str) -> str:
-        """Watch from `rv`; return the last resourceVersion seen, or "" to relist."""
+    async def _watch(self) -> None:
+        """Watch from `resource_version`, advancing it with every event and bookmark."""
         params = self._params(
             watch="true",
-            resourceVersion=rv,
+            resourceVersion=self.resource_version,
             allowWatchBookmarks="true",
             timeoutSeconds=str(self.watch_timeout),
         )
-        async with await self.request(self.path, params) as resp:
+        async with await self.request(self.path, params, self.read_timeout) as resp:
+            if resp.status == 410:
+                raise _Expired()
             if resp.status != 200:
                 raise RuntimeError(f"watch {self.resource}: HTTP {resp.status}")
             while True:
-                line = await resp.content.readline()
+                try:
+                    line = await resp.content.readline()
+                except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                    raise WatchSilent(
+                        f"nothing received for {self.read_timeout:.0f}s (half-open connection?)"
+                    ) from exc
+                self.last_heard = time.monotonic()
                 if not line:
-                    return rv  # The server closed the watch; go on from where we were.
+                    return
                 if not line.strip():
                     continue
                 event = json.loads(line)
-                etype, obj = event.get("type"), event.get("object") or {}
+                etype = event.get("type")
+                obj: Obj = event.get("object") or {}
                 if etype == "ERROR":
                     if obj.get("code") == 410:
-                        return ""  # Expired: list again.
+                        raise _Expired()
                     raise RuntimeError(f"watch {self.resource}: {obj.get('message')}")
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if rv:
+                    self.resource_version = str(rv)
                 if etype == "BOOKMARK":
                     continue
+                self.trim(obj)
                 if etype == "DELETED":
-                    prev = self.store.remove(obj_key(obj))
+                    prev = self.store.remove(obj_key(obj), obj_uid(obj))
                     self._notify("DELETED", obj, prev)
                 else:
                     prev = self.store.put(obj)
-                    self._notify(str(etype), obj, prev)
+                    if self.store.get(obj_key(obj)) is obj:
+                        self._notify(str(etype), obj, prev)
 
     def _notify(self, etype: str, obj: Obj, prev: Obj | None) -> None:
         for listener in self.listeners:
@@ -217,3 +337,7 @@ class Informer:
                 listener(etype, obj, prev)
             except Exception:
                 logger.exception("listener of %s failed", self.resource)
+
+
+class _Expired(Exception):
+    """The resourceVersion to resume from is too old: list again."""

@@ -20,11 +20,13 @@ Obj = dict[str, Any]
 class ApiError(Exception):
     """A request the API server refused."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{code} {reason}: {message}")
         self.code = code
         self.reason = reason
         self.message = message
+        #: The reasons of `details.causes` (e.g. NamespaceTerminating).
+        self.causes = causes
 
 
 async def load_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -44,11 +46,10 @@ class Kube:
     def __init__(self, api: client.ApiClient, request_timeout: float = 30.0) -> None:
         self.api = api
         self.request_timeout = request_timeout
-        conn = api.rest_client.pool_manager.connector
-        if isinstance(conn, aiohttp.TCPConnector):
-            conn._limit = max(
-                conn.limit, 64
-            )  # more concurrent requests than the default 100/host pool
+        session = api.rest_client.pool_manager
+        # Credentials come from the kubeconfig or the service account, never from ~/.netrc
+        # or proxy variables: trusting the environment re-reads ~/.netrc on every request.
+        session._trust_env = False
 
     async def raw(
         self,
@@ -57,7 +58,7 @@ class Kube:
         params: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109
     ) -> aiohttp.ClientResponse:
         """The raw response (for watches): the caller reads and releases it."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -82,21 +83,36 @@ class Kube:
         params: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Obj:
         """A request whose answer is JSON; non-2xx answers raise ApiError."""
         async with await self.raw(
-            method, path, params, body, content_type, self.request_timeout
+            method, path, params, body, content_type, timeout or self.request_timeout
         ) as resp:
             text = await resp.text()
         data: Obj = json.loads(text) if text else {}
         if resp.status >= 300:
             metrics.API_ERRORS.labels(method.lower(), resource, str(resp.status)).inc()
-            raise ApiError(resp.status, str(data.get("reason", "")), str(data.get("message", text)))
+            causes = tuple(
+                str(c.get("reason")) for c in (data.get("details") or {}).get("causes") or ()
+            )
+            raise ApiError(
+                resp.status, str(data.get("reason", "")), str(data.get("message", text)), causes
+            )
         return data
 
-    async def watch_request(self, path: str, params: dict[str, str]) -> aiohttp.ClientResponse:
-        """For informers: a list or watch GET (watch requests get no total timeout)."""
-        timeout = None if params.get("watch") else self.request_timeout
+    async def watch_request(
+        self, path: str, params: dict[str, str], read_timeout: float | None
+    ) -> aiohttp.ClientResponse:
+        """For informers: a list GET with the request timeout, or a watch GET with no total
+        timeout but a read timeout (a silent watch raises instead of hanging)."""
+        timeout: float | aiohttp.ClientTimeout = self.request_timeout
+        if params.get("watch"):
+            timeout = aiohttp.ClientTimeout(
+                connect=self.request_timeout,
+                sock_connect=self.request_timeout,
+                sock_read=read_timeout,
+            )
         return await self.raw("GET", path, params, timeout=timeout)
 
     async def get(self, path: str, *, resource: str) -> Obj | None:
@@ -116,19 +132,29 @@ class Kube:
             "PATCH", path, resource=resource, body=body, content_type="application/merge-patch+json"
         )
 
-    async def delete(self, path: str, *, resource: str, propagation: str = "Background") -> None:
-        """Delete; an object already gone is fine."""
+    async def update(self, path: str, body: Obj, *, resource: str) -> Obj:
+        return await self.request("PUT", path, resource=resource, body=body)
+
+    async def delete(
+        self,
+        path: str,
+        *,
+        resource: str,
+        propagation: str = "Background",
+        uid: str | None = None,
+        resource_version: str | None = None,
+    ) -> None:
+        """Delete what `path` names, if it is still the object of `uid` (and at
+        `resource_version`) when given; an object already gone is fine. A 409 means the
+        preconditions no longer hold: someone changed or replaced the object."""
+        body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        preconditions = {
+            k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v
+        }
+        if preconditions:
+            body["preconditions"] = preconditions
         try:
-            await self.request(
-                "DELETE",
-                path,
-                resource=resource,
-                body={
-                    "kind": "DeleteOptions",
-                    "apiVersion": "v1",
-                    "propagationPolicy": propagation,
-                },
-            )
+            await self.request("DELETE", path, resource=resource, body=body)
         except ApiError as exc:
             if exc.code != 404:
                 raise

@@ -74,7 +74,8 @@ _NEW_ATTEMPT = frozenset({P.PENDING_INPUT, P.HELD, P.SUBMITTED})
 #: The transition table: phase -> the phases it may move to. A task with no phase yet
 #: is keyed by None. Anything not listed here is refused.
 TRANSITIONS: Mapping[Phase | None, frozenset[Phase]] = {
-    None: frozenset({P.PENDING_INPUT, P.HELD, P.SUBMITTED}),
+    # A task created with spec.kill already true is killed before it ever starts.
+    None: frozenset({P.PENDING_INPUT, P.HELD, P.SUBMITTED, P.PENDING_KILLED}),
     P.PENDING_INPUT: frozenset({P.HELD, P.SUBMITTED, P.PENDING_KILLED, P.ZOMBIE}),
     P.HELD: frozenset({P.PENDING_INPUT, P.SUBMITTED, P.PENDING_KILLED, P.ZOMBIE}),
     # Failed from Submitted: the executor could never be created (rejected Job, bad spec).

@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
 
-import kopf
-from prometheus_client import start_http_server
+from simtask import metrics
+from simtask.kube import Kube, load_client
+from simtask.leader import LeaderElector
+from simtask.reconciler import Controller
+from simtask.server import health_app, metrics_app, serve
 
-from simtask import handlers
+logger = logging.getLogger("simtask")
+
+LEASE_NAME = "simtask-operator"
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _own_namespace() -> str:
+    """The namespace of the pod we run in, else `default`."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return _SA_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--health-port",
         type=int,
         default=int(os.environ.get("SIMTASK_HEALTH_PORT", "8080")),
-        help="serve /healthz on this port (0: off)",
+        help="serve /healthz and /readyz on this port (0: off)",
     )
     parser.add_argument(
         "--bind",
@@ -38,19 +65,102 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tasks reconciled at once",
     )
     parser.add_argument(
-        "--standalone",
-        action="store_true",
-        default=True,
-        help="run without kopf peering (one replica; the default)",
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("SIMTASK_LEADER_ELECT", "false").lower() == "true",
+        help="run as one of several replicas: only the holder of the Lease "
+        f"{LEASE_NAME!r} acts, the others stand by with warm caches",
     )
     parser.add_argument(
-        "--all-namespaces",
-        action="store_true",
-        default=True,
-        help="watch SimulationTasks in every namespace (the default)",
+        "--leader-election-namespace",
+        default=os.environ.get("SIMTASK_LEADER_ELECTION_NAMESPACE") or _own_namespace(),
+        help="namespace of the Lease (default: the pod's own namespace, else 'default')",
+    )
+    parser.add_argument(
+        "--lease-duration",
+        type=float,
+        default=_env_float("SIMTASK_LEASE_DURATION", 10.0),
+        help="seconds a standby waits after the leader's last renewal before taking over",
+    )
+    parser.add_argument(
+        "--watch-read-timeout",
+        type=float,
+        default=_env_float("SIMTASK_WATCH_READ_TIMEOUT", 90.0),
+        help="a watch that sends nothing (not even a bookmark) for this many seconds is "
+        "taken as dead and started again",
     )
     parser.add_argument("--log-level", default=os.environ.get("SIMTASK_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM/SIGINT (0), or until the Lease is lost or a part dies (1)."""
+    api = await load_client()
+    kube = Kube(api)
+    controller = Controller(kube, workers=args.workers, read_timeout=args.watch_read_timeout)
+    elector: LeaderElector | None = None
+    if args.leader_elect:
+        identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        elector = LeaderElector(
+            kube,
+            namespace=args.leader_election_namespace,
+            name=LEASE_NAME,
+            identity=identity,
+            lease_duration=args.lease_duration,
+            renew_deadline=args.lease_duration * 0.7,
+            retry_period=max(args.lease_duration * 0.2, 1.0),
+        )
+
+    def probe() -> tuple[bool, bool, dict[str, Any]]:
+        synced = controller.synced.is_set()
+        leader = elector.leading.is_set() if elector is not None else synced
+        live = not synced or controller.informers_alive()
+        return live, synced, {"caches": synced, "leader": leader, "watches": live}
+
+    runners = []
+    if args.health_port:
+        runners.append(await serve(health_app(probe), args.bind, args.health_port))
+    if args.metrics_port:
+        runners.append(await serve(metrics_app(), args.bind, args.metrics_port))
+
+    async def lead() -> None:
+        metrics.LEADER.set(1)
+        try:
+            await controller.run()
+        finally:
+            metrics.LEADER.set(0)
+
+    async def operate() -> None:
+        await controller.start()
+        if elector is None:
+            await lead()
+        else:
+            logger.info("standing by for Lease %s/%s", elector.namespace, LEASE_NAME)
+            await elector.run(lead)
+            raise RuntimeError("lost the leader Lease")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    work = asyncio.create_task(operate(), name="operate")
+    stopped = asyncio.create_task(stop.wait(), name="signal")
+    await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if work.done():
+        exc = work.exception()
+        logger.error("the operator stopped: %r", exc)
+        code = 1
+    else:
+        logger.info("stopping")
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+    stopped.cancel()
+    await controller.stop()
+    for runner in runners:
+        await runner.cleanup()
+    await api.close()
+    return code
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,18 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.bind)
-    liveness = f"http://{args.bind}:{args.health_port}/healthz" if args.health_port else None
-    assert handlers.FINALIZER  # the handlers module registers kopf's handlers on import
-    kopf.run(
-        standalone=True,
-        clusterwide=True,
-        liveness_endpoint=liveness,
-        memo=kopf.Memo(workers=args.workers),
-    )
+    sys.exit(asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

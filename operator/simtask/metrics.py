@@ -36,9 +36,35 @@ RECONCILE_ERRORS = Counter(
     "simtask_reconcile_errors_total", "Reconcile passes that failed", ["kind"]
 )
 WATCH_RESTARTS = Counter(
-    "simtask_watch_restarts_total", "Watches that ended and were started again", ["resource"]
+    "simtask_watch_restarts_total",
+    "Watches started again after a failure: error, silent (read timeout) or expired",
+    ["resource", "reason"],
 )
 API_ERRORS = Counter(
     "simtask_api_errors_total", "Kubernetes API requests that failed", ["verb", "resource", "code"]
 )
-WORKQUEUE_DEPTH = Gauge("simtask_workqueue_depth", "Tasks waiting to be reconciled")
+WORKQUEUE_DEPTH = Gauge("simtask_workqueue_depth", "Keys waiting to be reconciled", ["queue"])
+WORKQUEUE_WAIT = Histogram(
+    "simtask_workqueue_wait_seconds",
+    "Time a key waited in the work queue before a worker took it",
+    ["queue"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WORKQUEUE_RETRIES = Counter(
+    "simtask_workqueue_retries_total", "Keys put back with backoff after a failed pass", ["queue"]
+)
+LEADER = Gauge("simtask_leader", "1 while this replica leads (or runs without election)")
+
+
+class QueueMetrics:
+    """A work queue's depth and wait, labelled by the queue's name."""
+
+    def __init__(self, queue: str) -> None:
+        self._depth = WORKQUEUE_DEPTH.labels(queue)
+        self._wait = WORKQUEUE_WAIT.labels(queue)
+
+    def depth(self, n: int) -> None:
+        self._depth.set(n)
+
+    def waited(self, seconds: float) -> None:
+        self._wait.observe(seconds)

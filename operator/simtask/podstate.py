@@ -99,12 +99,14 @@ def observe_attempt(
     *,
     spot: bool,
     node_name: str | None = None,
+    node_gone: bool = False,
 ) -> AttemptObservation:
     """The steps one attempt passed through, from what its Job, pods and node show.
 
     `pods` are this attempt's pods; `node` the node object the pod is bound to (None if
     unknown or deleted); `spot` whether that node counts as spot; `node_name` the node
-    the attempt was last seen on (from the task's status), used once the pod is gone.
+    the attempt was last seen on (from the task's status), used once the pod is gone;
+    `node_gone` that node is known to be deleted, so its pods will never report again.
     """
     job_name = _name(job)
     if _job_suspended(job):
@@ -149,7 +151,9 @@ def observe_attempt(
         exit_code = _int_or_none(terminated.get("exitCode"))
     steps.extend(_computation_steps(pod, terminated, exit_code))
 
-    ending, delete_job = _ending(pod, job, node, node_name, terminated, exit_code, spot=spot)
+    ending, delete_job = _ending(
+        pod, job, node, node_name, terminated, exit_code, spot=spot, node_gone=node_gone
+    )
     if ending is not None:
         steps = _complete_chain(steps, ending.phase)
         steps.append(ending)
@@ -459,6 +463,7 @@ def _ending(
     exit_code: int | None,
     *,
     spot: bool,
+    node_gone: bool = False,
 ) -> tuple[Step | None, bool]:
     """The step ending the attempt, if the pod or Job shows one, and whether to delete the Job."""
     status: Obj = pod.get("status") or {}
@@ -469,7 +474,7 @@ def _ending(
         or preemption.job_failure_reason(job) == "DeadlineExceeded"
     ):
         return _ttl_exceeded(pod, terminated, job), False
-    found = preemption.classify_disruption(pod, node, node_name, job)
+    found = preemption.classify_disruption(pod, node, node_name, job, node_gone=node_gone)
     if found is not None:
         return _disruption_step(found, spot=spot), False
     if terminated is not None and exit_code is not None and exit_code != 0:

@@ -91,7 +91,12 @@ def preempted_phase(spot: bool) -> Phase:
 
 
 def classify_disruption(
-    pod: Obj | None, node: Obj | None, node_name: str | None, job: Obj | None
+    pod: Obj | None,
+    node: Obj | None,
+    node_name: str | None,
+    job: Obj | None,
+    *,
+    node_gone: bool = False,
 ) -> Disruption | None:
     """Why the attempt's executor was lost, or None when the simulator ended it or nothing says so.
 
@@ -99,6 +104,8 @@ def classify_disruption(
     (None when unknown or deleted), `node_name` the name of that node when known (the pod's
     `spec.nodeName`, or what the task's status recorded), `job` the attempt's Job. The
     caller deals with deletions the operator made itself (kill, hold) before asking.
+    `node_gone`: the node is known to be deleted (a cloud VM gone): a pod that has not ended
+    there is lost now, though the API still shows it until pod GC removes it.
     """
     node_name = _node_name(pod) or node_name
     if pod is None:
@@ -139,6 +146,8 @@ def classify_disruption(
             f"the pod was deleted{_on(node_name)} by someone other than the operator",
             deleted_at,
         )
+    if node_gone and node_name:
+        return _node_disruption(None, node_name, None)
     if status.get("phase") == "Failed":
         # Failed without an exit of the simulator: the executor broke (node restart,
         # kubelet admission refusal, container status lost).

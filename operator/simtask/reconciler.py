@@ -28,7 +28,7 @@ from simtask.decide import (
     job_finished,
 )
 from simtask.groupcontroller import GroupController
-from simtask.informers import Informer, Key, Obj, Store, obj_key
+from simtask.informers import Informer, Key, Listener, Obj, Store, obj_key, obj_uid, trim_metadata
 from simtask.kube import ApiError, Kube
 from simtask.lifecycle import ALWAYS_TERMINAL, PREEMPTED, RUNNING, Phase, parse_phase
 from simtask.machinegroups import GroupBook
@@ -81,101 +81,170 @@ def _node_changed(old: Obj | None, new: Obj) -> bool:
     return bool(view(old) != view(new))
 
 
-class Controller:
-    """Holds the caches and the work queue, and runs the reconcile workers."""
+class ActionFailed(Exception):
+    """An action of a pass failed; `reason` (one CamelCase word) and `message` are what the
+    task's status shows if it keeps failing."""
 
-    def __init__(self, kube: Kube, *, workers: int = 8) -> None:
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+#: Failures in a row of the same task after which its status shows the error (Stalled).
+STALL_AFTER = 3
+#: A pod bound to a node the cache does not have is taken as lost once it has been bound at
+#: least this long (the node watch may lag the pod watch by a little, never by this much).
+UNKNOWN_NODE_GRACE = 10.0
+
+
+def _event_job_uid(obj: Obj) -> list[Hashable]:
+    uid = (obj.get("involvedObject") or {}).get("uid")
+    return [uid] if uid else []
+
+
+def _trim_node(node: Obj) -> None:
+    trim_metadata(node)
+    status = node.get("status") or {}
+    for key in ("images", "volumesInUse", "volumesAttached", "daemonEndpoints", "nodeInfo"):
+        status.pop(key, None)
+
+
+class Controller:
+    """The caches, the work queues and the workers: one event path, in one asyncio loop.
+
+    Every kind the operator reads comes from an `Informer` of its own; their listeners only
+    add keys to the work queues. `start()` fills the caches (a standby replica stops there:
+    warm, but idle); `run()` runs the workers, on the leader only.
+    """
+
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        workers: int = 8,
+        read_timeout: float = 90.0,
+        watch_timeout: int = 290,
+    ) -> None:
         self.kube = kube
-        self.queue = WorkQueue()
-        self.group_queue = WorkQueue()
-        #: Jobs the API server refused, by task: (task uid, message).
+        self.queue = WorkQueue(metrics=metrics.QueueMetrics("SimulationTask"))
+        self.group_queue = WorkQueue(metrics=metrics.QueueMetrics("MachineGroup"))
+        #: Jobs the API server refused as invalid, by task: (task uid, message).
         self.rejected: dict[Key, tuple[str, str]] = {}
-        self.tasks = Store({"uid": lambda o: [(o.get("metadata") or {}).get("uid")]})
+        #: The last failure of each task's pass: (task uid, reason, message).
+        self.failures: dict[Key, tuple[str, str, str]] = {}
+        #: Nodes seen deleted, with when (monotonic).
+        self.deleted_nodes: dict[str, float] = {}
+        self.tasks = Store({"uid": lambda o: [obj_uid(o)]})
         self.groups = Store()
         self.jobs = Store({"task": _task_uid})
         self.pods = Store({"task": _task_uid, "node": _node_name})
         self.nodes = Store()
+        self.job_events = Store({"job": _event_job_uid})
         self.book = GroupBook(self.tasks, self.groups, self.nodes, self.jobs)
         self.group_controller = GroupController(kube, self.book, self.group_queue, self.queue.add)
         self.workers = workers
-        self._tasks: list[asyncio.Task[None]] = []
-        selector = names.LABEL_TASK_UID
-        restart = lambda r: metrics.WATCH_RESTARTS.labels(r).inc()  # noqa: E731
+        self._informer_tasks: list[asyncio.Task[None]] = []
+
+        def restart(resource: str, why: str) -> None:
+            metrics.WATCH_RESTARTS.labels(resource, why).inc()
+
+        def informer(
+            resource: str, path: str, store: Store, listener: Listener, **kw: Any
+        ) -> Informer:
+            return Informer(
+                resource,
+                path,
+                kube.watch_request,
+                store,
+                listeners=[listener],
+                on_restart=restart,
+                read_timeout=read_timeout,
+                watch_timeout=watch_timeout,
+                **kw,
+            )
+
+        owned = names.LABEL_TASK_UID
         self.informers = [
-            Informer(
-                "jobs",
-                "/apis/batch/v1/jobs",
-                kube.watch_request,
-                self.jobs,
-                label_selector=selector,
-                listeners=[self._on_owned],
-                on_restart=restart,
+            informer("simulationtasks", f"{TASKS_PATH}/simulationtasks", self.tasks, self._on_task),
+            informer("machinegroups", f"{TASKS_PATH}/machinegroups", self.groups, self._on_group),
+            informer(
+                "jobs", "/apis/batch/v1/jobs", self.jobs, self._on_owned, label_selector=owned
             ),
-            Informer(
-                "pods",
-                "/api/v1/pods",
-                kube.watch_request,
-                self.pods,
-                label_selector=selector,
-                listeners=[self._on_owned],
-                on_restart=restart,
-            ),
-            Informer(
-                "nodes",
-                "/api/v1/nodes",
-                kube.watch_request,
-                self.nodes,
-                listeners=[self._on_node],
-                on_restart=restart,
+            informer("pods", "/api/v1/pods", self.pods, self._on_owned, label_selector=owned),
+            informer("nodes", "/api/v1/nodes", self.nodes, self._on_node, trim=_trim_node),
+            # Why a Job cannot create its pod is only told in its events.
+            informer(
+                "events",
+                "/api/v1/events",
+                self.job_events,
+                self._on_job_event,
+                field_selector="involvedObject.kind=Job,reason=FailedCreate",
             ),
         ]
-        self.ready = asyncio.Event()
+        self.synced = asyncio.Event()
 
     # -- lifecycle
 
     async def start(self) -> None:
-        """Start the informers, wait for their first list, then the workers."""
+        """Start the informers and wait until every cache has its first list."""
         for inf in self.informers:
-            self._tasks.append(asyncio.create_task(inf.run(), name=f"informer-{inf.resource}"))
+            task = asyncio.create_task(inf.run(), name=f"informer-{inf.resource}")
+            self._informer_tasks.append(task)
         await asyncio.gather(*(inf.synced.wait() for inf in self.informers))
-        for i in range(self.workers):
-            worker = self._worker(self.queue, self.reconcile, "SimulationTask")
-            self._tasks.append(asyncio.create_task(worker, name=f"worker-{i}"))
-        groups = self._worker(self.group_queue, self.group_controller.reconcile, "MachineGroup")
-        self._tasks.append(asyncio.create_task(groups, name="group-worker"))
-        self._tasks.append(asyncio.create_task(self._gauges(), name="gauges"))
-        self.ready.set()
+        self.synced.set()
         logger.info(
-            "caches synced: %d jobs, %d pods, %d nodes",
+            "caches synced: %d tasks, %d groups, %d jobs, %d pods, %d nodes",
+            len(self.tasks),
+            len(self.groups),
             len(self.jobs),
             len(self.pods),
             len(self.nodes),
         )
 
+    async def run(self) -> None:
+        """Reconcile until cancelled: every task and group once, then as events come."""
+        await self.synced.wait()
+        for key in list(self.tasks.objects):
+            self.queue.add(key)
+        for key in list(self.groups.objects):
+            self.group_queue.add(key[1])
+        workers = [
+            self._worker(self.queue, self.reconcile, "SimulationTask") for _ in range(self.workers)
+        ]
+        workers.append(
+            self._worker(self.group_queue, self.group_controller.reconcile, "MachineGroup")
+        )
+        workers.append(self._gauges())
+        await asyncio.gather(*workers)
+
     async def stop(self) -> None:
-        for t in self._tasks:
+        for t in self._informer_tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._informer_tasks, return_exceptions=True)
 
-    # -- events into the queue
+    def informers_alive(self) -> bool:
+        """Whether every informer is still running (none died of an unexpected error)."""
+        return all(not t.done() for t in self._informer_tasks)
 
-    def on_task_event(self, etype: str, body: Obj) -> None:
-        """A SimulationTask event from kopf's watch."""
+    # -- events into the queues
+
+    def _on_task(self, etype: str, body: Obj, prev: Obj | None) -> None:
         key = obj_key(body)
         if etype == "DELETED":
-            self.tasks.remove(key)
             self.queue.forget(key)
             self.book.forget(key)
+            self.failures.pop(key, None)
+            self.rejected.pop(key, None)
             return
-        self.tasks.put(body)
         self.queue.add(key)
 
-    def on_group_event(self, etype: str, body: Obj) -> None:
-        """A MachineGroup event from kopf's watch: its tasks may move."""
-        deleted = etype == "DELETED"
-        prev = self.groups.remove(obj_key(body)) if deleted else self.groups.put(body)
+    def _on_group(self, etype: str, body: Obj, prev: Obj | None) -> None:
+        """A MachineGroup changed: its status is looked at again, and its tasks if they
+        may see a difference."""
         name = str((body.get("metadata") or {}).get("name"))
         self.group_queue.add(name)
+        now = body if etype != "DELETED" else None
 
         def what_tasks_see(group: Obj | None) -> Any:
             meta = (group or {}).get("metadata") or {}
@@ -184,13 +253,13 @@ class Controller:
 
         # Our own status writes (task counts) change nothing for the tasks: waking every task
         # of the group on each of them would make every transition cost a pass per task.
-        if deleted or what_tasks_see(prev) != what_tasks_see(body):
+        if what_tasks_see(prev) != what_tasks_see(now):
             for key in self.book.tasks_of(name):
                 self.queue.add(key)
 
     def _task_key_for_uid(self, uid: Hashable) -> Key | None:
-        found = self.tasks.by("uid", uid)
-        return obj_key(found[0]) if found else None
+        keys = self.tasks.keys_by("uid", uid)
+        return next(iter(keys), None)
 
     def _on_owned(self, etype: str, obj: Obj, prev: Obj | None) -> None:
         for uid in _task_uid(obj):
@@ -204,45 +273,81 @@ class Controller:
                 self.queue.add(key)
 
     def _on_node(self, etype: str, obj: Obj, prev: Obj | None) -> None:
+        name = str((obj.get("metadata") or {}).get("name"))
+        if etype == "DELETED":
+            self.deleted_nodes[name] = time.monotonic()
+        elif etype == "ADDED":
+            self.deleted_nodes.pop(name, None)
         if etype == "MODIFIED" and not _node_changed(prev, obj):
             return
         for group in list(self.groups.objects):
             self.group_queue.add(group[1])  # Group capacity may have changed.
         if etype == "ADDED":
             return
-        name = (obj.get("metadata") or {}).get("name")
         for pod in self.pods.by("node", name):
             self._on_owned(etype, pod, None)
+
+    def _on_job_event(self, etype: str, obj: Obj, prev: Obj | None) -> None:
+        involved = obj.get("involvedObject") or {}
+        job = self.jobs.get((str(involved.get("namespace") or ""), str(involved.get("name"))))
+        if job is not None and obj_uid(job) == involved.get("uid"):
+            self._on_owned(etype, job, None)
 
     # -- workers
 
     async def _worker(
         self, queue: WorkQueue, handle: Callable[[Any], Awaitable[None]], what: str
     ) -> None:
-        """Process keys of `queue` with `handle`; failures are counted and retried later."""
+        """Process keys of `queue` with `handle`; a key that fails comes back with backoff."""
         while True:
             key = await queue.get()
-            metrics.WORKQUEUE_DEPTH.set(len(self.queue))
             t0 = time.perf_counter()
             try:
                 await handle(key)
             except asyncio.CancelledError:
                 raise
-            except ApiError as exc:
-                if exc.code == 409:
-                    queue.add_after(key, 0.2)  # Someone wrote first: look again.
+            except (ApiError, ActionFailed) as exc:
+                api = exc if isinstance(exc, ApiError) else exc.__cause__
+                if isinstance(api, ApiError) and api.code == 409 and isinstance(exc, ApiError):
+                    queue.add_after(key, 0.5)  # Someone wrote first: look again.
+                elif isinstance(api, ApiError) and "NamespaceTerminating" in api.causes:
+                    # Its namespace is being deleted, and the task with it: nothing is wrong.
+                    queue.add_rate_limited(key)
+                elif isinstance(exc, ActionFailed):
+                    self._failed(queue, key, what, exc.reason, exc.message, "api")
                 else:
-                    metrics.RECONCILE_ERRORS.labels("api").inc()
-                    logger.warning("%s %s: %s", what, key, exc)
-                    queue.add_after(key, 2.0)
-            except Exception:
-                metrics.RECONCILE_ERRORS.labels("internal").inc()
+                    self._failed(queue, key, what, "ApiError", str(exc), "api")
+            except Exception as exc:
                 logger.exception("%s %s failed", what, key)
-                queue.add_after(key, 5.0)
+                self._failed(queue, key, what, "InternalError", repr(exc), "internal")
+            else:
+                queue.succeeded(key)
+                if queue is self.queue and self.failures.pop(key, None) is not None:  # type: ignore[call-overload]
+                    queue.add(key)  # Clear the error the status may show.
             finally:
                 if queue is self.queue:
                     metrics.RECONCILE_DURATION.observe(time.perf_counter() - t0)
                 queue.done(key)
+
+    def _failed(
+        self, queue: WorkQueue, key: Any, what: str, reason: str, message: str, kind: str
+    ) -> None:
+        metrics.RECONCILE_ERRORS.labels(kind).inc()
+        metrics.WORKQUEUE_RETRIES.labels(what).inc()
+        delay = queue.add_rate_limited(key)
+        if kind != "internal":
+            logger.warning("%s %s: %s: %s (again in %.1fs)", what, key, reason, message, delay)
+        if queue is self.queue:
+            task = self.tasks.get(key)
+            if task is not None:
+                self.failures[key] = (obj_uid(task), reason, message)
+
+    def _stalled(self, key: Key, uid: str) -> tuple[str, str] | None:
+        """The error a task's passes keep failing with, once it has persisted."""
+        failure = self.failures.get(key)
+        if failure is None or failure[0] != uid or self.queue.failures(key) < STALL_AFTER:
+            return None
+        return failure[1], f"{failure[2]} (retrying)"
 
     async def _gauges(self) -> None:
         while True:
@@ -257,16 +362,38 @@ class Controller:
             metrics.TASKS.clear()
             for (phase, group), n in counts.items():
                 metrics.TASKS.labels(phase, group).set(n)
-            metrics.WORKQUEUE_DEPTH.set(len(self.queue))
             await asyncio.sleep(5)
+
+    def _gone_nodes(self, pods: dict[int, list[Obj]], status: Obj) -> frozenset[str]:
+        """Nodes of these pods that are deleted: seen deleted, or absent from the cache while
+        a pod has been bound to them for a while (deleted while the operator was away)."""
+        gone: set[str] = set()
+        now = datetime.now(UTC)
+        for ps in pods.values():
+            for pod in ps:
+                node = (pod.get("spec") or {}).get("nodeName")
+                if not node or self.nodes.get(("", node)) is not None:
+                    continue
+                bound = parse_ts(
+                    (find_condition(pod, "PodScheduled") or {}).get("lastTransitionTime")
+                )
+                if node in self.deleted_nodes or (
+                    bound is not None and (now - bound).total_seconds() > UNKNOWN_NODE_GRACE
+                ):
+                    gone.add(node)
+        recorded = status.get("nodeName")
+        if recorded and recorded in self.deleted_nodes and self.nodes.get(("", recorded)) is None:
+            gone.add(str(recorded))
+        return frozenset(gone)
 
     # -- one pass
 
     async def reconcile(self, key: Key) -> None:
+        """One pass over one task: observe it from the caches, decide, write, act."""
         task = self.tasks.get(key)
         if task is None or (task.get("metadata") or {}).get("deletionTimestamp"):
             return  # Deleted: the garbage collector removes its Jobs and pods.
-        uid = task["metadata"]["uid"]
+        uid = obj_uid(task)
         jobs: dict[int, Obj] = {}
         for job in self.jobs.by("task", uid):
             jobs[job_attempt(job) or 0] = job
@@ -290,7 +417,8 @@ class Controller:
         group = self.book.view(task)
 
         now = datetime.now(UTC)
-        rejected = self.rejected.pop(key, None)
+        rejected = self.rejected.get(key)
+        attempt = int(status.get("attempt") or 0)
         decision = decide(
             Observed(
                 task=task,
@@ -301,12 +429,18 @@ class Controller:
                 group=group,
                 job_rejected=rejected[1] if rejected and rejected[0] == uid else None,
                 spec_error=invalid,
+                gone_nodes=self._gone_nodes(pods, status),
+                stalled=self._stalled(key, uid),
+                pod_creation_error=self._pod_creation_error(jobs.get(attempt)),
             ),
             now,
         )
         for refused in decision.refused:
             logger.warning("%s/%s: refused move %s", *key, refused)
-        await self._write_status(task, decision)
+        if not await self._write_status(task, decision):
+            return
+        if rejected and decision.status.get("phase") == Phase.FAILED:
+            self.rejected.pop(key, None)
         await self._act(task, decision)
         if group is not None and (decision.transitions or decision.actions):
             self.group_queue.add(group.name)
@@ -318,6 +452,16 @@ class Controller:
         self._observe_metrics(task, decision, group)
         if decision.requeue_after is not None:
             self.queue.add_after(key, decision.requeue_after)
+
+    def _pod_creation_error(self, job: Obj | None) -> str | None:
+        """What the latest FailedCreate event of this Job says, if it has one."""
+        if job is None:
+            return None
+        events = self.job_events.by("job", obj_uid(job))
+        if not events:
+            return None
+        latest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return str(latest.get("message") or "the Job controller cannot create its pod")
 
     async def _missing_inputs(self, ns: str, inputs: list[TaskInput]) -> list[str]:
         missing: list[str] = []
@@ -336,57 +480,123 @@ class Controller:
                 missing.append(f"input {item.name!r}: {kind} {ref!r} is {phase}, not Bound")
         return missing
 
-    async def _write_status(self, task: Obj, decision: Decision) -> None:
+    async def _write_status(self, task: Obj, decision: Decision) -> bool:
+        """Write the decided status, if it changed, guarded by the resourceVersion it was
+        decided from; False when the task is gone (nothing more to do for it)."""
         old = task.get("status") or {}
         new = decision.status
         if new == old:
-            return
+            return True
         patch_status: dict[str, Any] = dict(new)
         for gone in set(old) - set(new):
             patch_status[gone] = None
         meta = task["metadata"]
-        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch_status}
-        updated = await self.kube.merge_patch(
-            task_path(meta["namespace"], meta["name"], "/status"), body, resource="simulationtasks"
-        )
-        self.tasks.put(updated)
+        body = {
+            "metadata": {"resourceVersion": meta["resourceVersion"], "uid": meta["uid"]},
+            "status": patch_status,
+        }
+        try:
+            updated = await self.kube.merge_patch(
+                task_path(meta["namespace"], meta["name"], "/status"),
+                body,
+                resource="simulationtasks",
+            )
+        except ApiError as exc:
+            if exc.code == 404:
+                return False  # Deleted meanwhile: its watch event says so soon.
+            raise
+        self.tasks.apply_write(updated)
         for t in decision.transitions:
             await self._event(updated, t.to_phase, t.reason, t.message)
+        return True
 
     async def _act(self, task: Obj, decision: Decision) -> None:
-        ns = task["metadata"]["namespace"]
+        meta = task["metadata"]
+        ns, uid = meta["namespace"], meta["uid"]
         for action in decision.actions:
             if isinstance(action, CreateJob):
-                try:
-                    created = await self.kube.create(
-                        f"/apis/batch/v1/namespaces/{ns}/jobs", action.job, resource="jobs"
-                    )
-                    self.jobs.put(created)
-                except ApiError as exc:
-                    if exc.code == 409:
-                        continue  # Created before a restart: the name is the attempt's own.
-                    if exc.code in (400, 422):
-                        # Invalid as built from this spec: the next pass ends the task Failed.
-                        self.rejected[obj_key(task)] = (task["metadata"]["uid"], exc.message)
-                        self.queue.add(obj_key(task))
-                        continue
-                    raise
+                await self._create_job(task, action.job)
             elif isinstance(action, DeleteJob):
-                await self.kube.delete(
-                    f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
-                    resource="jobs",
-                    propagation="Background",
-                )
+                job = self.jobs.get((ns, action.name))
+                try:
+                    await self.kube.delete(
+                        f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
+                        resource="jobs",
+                        propagation="Background",
+                        uid=obj_uid(job) if job is not None else None,
+                    )
+                except ApiError as exc:
+                    raise ActionFailed(
+                        "JobDeleteFailed", f"deleting Job {action.name}: {exc.message}"
+                    ) from exc
             elif isinstance(action, SuspendJob):
-                await self.kube.merge_patch(
-                    f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
-                    {"spec": {"suspend": action.suspend}},
-                    resource="jobs",
-                )
+                try:
+                    updated = await self.kube.merge_patch(
+                        f"/apis/batch/v1/namespaces/{ns}/jobs/{action.name}",
+                        {"spec": {"suspend": action.suspend}},
+                        resource="jobs",
+                    )
+                except ApiError as exc:
+                    raise ActionFailed(
+                        "JobSuspendFailed", f"suspending Job {action.name}: {exc.message}"
+                    ) from exc
+                self.jobs.apply_write(updated)
             elif isinstance(action, DeleteTask):
+                current = self.tasks.get(obj_key(task)) or task
+                # Only the task that finished, as last seen: not a new one of the same name,
+                # nor one whose spec changed meanwhile (a retry raised since, say).
                 await self.kube.delete(
-                    task_path(ns, task["metadata"]["name"]), resource="simulationtasks"
+                    task_path(ns, meta["name"]),
+                    resource="simulationtasks",
+                    uid=uid,
+                    resource_version=current["metadata"]["resourceVersion"],
                 )
+
+    async def _create_job(self, task: Obj, job: Obj) -> None:
+        """Create the attempt's Job; an existing Job of that name must be this task's own."""
+        meta = task["metadata"]
+        ns, name = meta["namespace"], job["metadata"]["name"]
+        try:
+            created = await self.kube.create(
+                f"/apis/batch/v1/namespaces/{ns}/jobs", job, resource="jobs"
+            )
+            self.jobs.put(created)
+            return
+        except ApiError as exc:
+            if exc.code in (400, 422):
+                # Invalid as built from this spec: the next pass ends the task Failed.
+                self.rejected[obj_key(task)] = (meta["uid"], exc.message)
+                self.queue.add(obj_key(task))
+                return
+            if exc.code != 409:
+                raise ActionFailed(
+                    "JobCreateFailed", f"creating Job {name}: {exc.message}"
+                ) from exc
+        existing = await self.kube.get(
+            f"/apis/batch/v1/namespaces/{ns}/jobs/{name}", resource="jobs"
+        )
+        if existing is None:
+            raise ActionFailed("JobCreateFailed", f"Job {name} existed and is gone: creating again")
+        owner = _controller_of(existing)
+        if owner is not None and owner.get("uid") == meta["uid"]:
+            self.jobs.put(existing)  # Ours, created before a restart or by another replica.
+            return
+        if (
+            owner is not None
+            and owner.get("kind") == "SimulationTask"
+            and owner.get("name") == meta["name"]
+        ):
+            raise ActionFailed(
+                "WaitingForOldJob",
+                f"Job {name} of a deleted SimulationTask of the same name is still being "
+                "removed by the garbage collector",
+            )
+        whose = f"{owner.get('kind')} {owner.get('name')}" if owner else "no controller"
+        raise ActionFailed(
+            "JobNameTaken",
+            f"a Job named {name} already exists and belongs to {whose}, not to this task; "
+            "delete or rename it",
+        )
 
     async def _event(self, task: Obj, phase: Phase, reason: str, message: str) -> None:
         meta = task["metadata"]
@@ -446,6 +656,13 @@ class Controller:
                     metrics.RUN_DURATION.labels(group_name, str(t.to_phase)).observe(
                         max((t.time - started).total_seconds(), 0)
                     )
+
+
+def _controller_of(obj: Obj) -> dict[str, Any] | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
 
 
 def parse_spec(task: Obj) -> tuple[SimulationTaskSpec | None, str | None]:

@@ -1,35 +1,63 @@
-"""A work queue of task keys: each key is processed by one worker at a time, never lost.
+"""A work queue of keys with client-go's promises, in asyncio.
 
-A key added while it is being processed is processed again afterwards; a key added many
-times while it waits is processed once (the controller-runtime work queue, in asyncio).
+A key is processed by one worker at a time; a key added while it is processed is processed
+again afterwards (the dirty set); a key added many times while it waits is processed once;
+a key that keeps failing waits longer each time (per-key exponential backoff with a cap)
+until it succeeds. Depth, wait and failures are reported to the optional `QueueMetrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Hashable
+from typing import Protocol
+
+
+class QueueMetrics(Protocol):
+    """Where a queue reports: how many keys wait, and how long one waited."""
+
+    def depth(self, n: int) -> None: ...
+
+    def waited(self, seconds: float) -> None: ...
 
 
 class WorkQueue:
-    """Deduplicating, per-key serialised queue with delayed adds."""
+    """Deduplicating, per-key serialised queue with delayed adds and per-key backoff."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        base_delay: float = 0.25,
+        max_delay: float = 120.0,
+        metrics: QueueMetrics | None = None,
+    ) -> None:
         self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
-        self._waiting: set[Hashable] = set()
+        #: Keys in the queue, with when they were added (for the wait metric).
+        self._waiting: dict[Hashable, float] = {}
         self._active: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._failures: dict[Hashable, int] = {}
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.metrics = metrics
 
     def add(self, key: Hashable) -> None:
         """Process `key` soon (once, however often it is added before that)."""
         if key in self._active:
             self._dirty.add(key)
         elif key not in self._waiting:
-            self._waiting.add(key)
+            self._waiting[key] = time.monotonic()
             self._queue.put_nowait(key)
+            if self.metrics is not None:
+                self.metrics.depth(len(self._waiting))
 
     def add_after(self, key: Hashable, seconds: float) -> None:
         """Process `key` after `seconds` (the earliest of several such requests wins)."""
+        if seconds <= 0:
+            self.add(key)
+            return
         loop = asyncio.get_running_loop()
         when = loop.time() + seconds
         timer = self._timers.get(key)
@@ -39,6 +67,23 @@ class WorkQueue:
             timer.cancel()
         self._timers[key] = loop.call_at(when, self._fire, key)
 
+    def add_rate_limited(self, key: Hashable) -> float:
+        """`key` failed: process it again after a delay that doubles with each failure in a
+        row (base_delay, 2x, 4x, ... up to max_delay). Returns the delay."""
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        delay = min(self.base_delay * 2.0**failures, self.max_delay)
+        self.add_after(key, delay)
+        return delay
+
+    def failures(self, key: Hashable) -> int:
+        """How many times in a row `key` failed."""
+        return self._failures.get(key, 0)
+
+    def succeeded(self, key: Hashable) -> None:
+        """`key` was processed without error: its backoff starts over."""
+        self._failures.pop(key, None)
+
     def _fire(self, key: Hashable) -> None:
         self._timers.pop(key, None)
         self.add(key)
@@ -46,8 +91,11 @@ class WorkQueue:
     async def get(self) -> Hashable:
         """The next key to process; call done(key) when finished."""
         key = await self._queue.get()
-        self._waiting.discard(key)
+        added = self._waiting.pop(key)
         self._active.add(key)
+        if self.metrics is not None:
+            self.metrics.depth(len(self._waiting))
+            self.metrics.waited(time.monotonic() - added)
         return key
 
     def done(self, key: Hashable) -> None:
@@ -58,10 +106,14 @@ class WorkQueue:
             self.add(key)
 
     def forget(self, key: Hashable) -> None:
-        """Drop a pending timer for `key` (the object is gone)."""
+        """The object is gone: drop its timer and its failure count."""
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+        self._failures.pop(key, None)
+
+    def processing(self, key: Hashable) -> bool:
+        return key in self._active
 
     def __len__(self) -> int:
         return len(self._waiting)

@@ -11,11 +11,19 @@ import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
 from tests.e2e.cluster import KUBECONFIG, ROOT, STATE, eventually, kubectl
+from tests.e2e.pools import pools  # noqa: F401 - a fixture for every e2e test
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "operator_errors: the test provokes errors the operator logs and counts"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -60,21 +68,44 @@ def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterato
     kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+#: Lines of the operator's log that mean a bug: a traceback, or an ERROR the test did not ask
+#: for. Warnings (a watch restarted, a retried request) are the operator doing its job.
+_PROBLEM = re.compile(r"Traceback \(most recent call last\)| ERROR ")
+
+
 class Operator:
     """The operator as users run it: the `simtask-operator` command, against the local cluster."""
 
-    def __init__(self, kubeconfig: str) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        *,
+        name: str = "operator",
+        metrics_port: int | None = None,
+        health_port: int | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
-        self.metrics_port = int(os.environ.get("SIMTASK_E2E_METRICS_PORT", "18000"))
-        self.health_port = int(os.environ.get("SIMTASK_E2E_HEALTH_PORT", "18080"))
+        self.name = name
+        self.metrics_port = metrics_port or int(os.environ.get("SIMTASK_E2E_METRICS_PORT", "18000"))
+        self.health_port = health_port or int(os.environ.get("SIMTASK_E2E_HEALTH_PORT", "18080"))
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.logs: list[Path] = []
 
-    def start(self) -> None:
+    @property
+    def log(self) -> Path:
+        return self.logs[-1]
+
+    def start(self, *, wait: str = "caches") -> None:
+        """Start it; wait until /healthz says `wait` ("caches" synced, or "leader")."""
         self.starts += 1
         logdir = STATE / "logs"
         logdir.mkdir(parents=True, exist_ok=True)
-        log = open(logdir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115 - owned by the child
+        path = logdir / f"{self.name}-{os.getpid()}-{self.starts}.log"
+        self.logs.append(path)
+        log = open(path, "wb")  # noqa: SIM115 - owned by the child
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [
@@ -87,26 +118,26 @@ class Operator:
                 str(self.metrics_port),
                 "--health-port",
                 str(self.health_port),
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
-        eventually(self._healthy, timeout=60, what="operator /healthz with synced caches")
+        eventually(lambda: self.health().get(wait) is True, timeout=60, what=f"{self.name} {wait}")
 
-    def _healthy(self) -> bool:
+    def health(self) -> dict[str, object]:
+        """What /healthz says; {} while it does not answer."""
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(
-                f"operator exited with {self.proc.returncode}; log: operator-{self.starts}.log"
-            )
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}; log: {self.log}")
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
             ) as resp:
-                return resp.status == 200 and json.loads(resp.read()).get("caches") is True
+                return dict(json.loads(resp.read()))
         except (OSError, ValueError):
-            return False
+            return {}
 
     def kill(self) -> None:
         """SIGKILL: nothing gets to clean up."""
@@ -127,6 +158,33 @@ class Operator:
             f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
         ) as resp:
             return str(resp.read().decode())
+
+    def reconcile_errors(self) -> float:
+        """simtask_reconcile_errors_total, all kinds."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(self.metrics())
+            if family.name == "simtask_reconcile_errors"
+            for sample in family.samples
+            if sample.name == "simtask_reconcile_errors_total"
+        )
+
+    def log_mark(self) -> tuple[int, int]:
+        """Where the logs stand now: (log count, size of the last)."""
+        return len(self.logs), self.log.stat().st_size if self.logs else 0
+
+    def problems(self, since: tuple[int, int] = (1, 0)) -> list[str]:
+        """Lines of the logs written since `since` that mean a bug (see _PROBLEM)."""
+        found: list[str] = []
+        count, offset = since
+        for index, path in enumerate(self.logs[max(count - 1, 0) :], start=max(count - 1, 0)):
+            with open(path, "rb") as f:
+                f.seek(offset if index == count - 1 else 0)
+                lines = f.read().decode(errors="replace").splitlines()
+            found += [f"{path.name}: {line}" for line in lines if _PROBLEM.search(line)]
+        return found
 
 
 RELEASE = "simtask-operator"
@@ -203,8 +261,29 @@ def chart(cluster: str) -> str:
 @pytest.fixture(scope="session")
 def operator(chart: str) -> Iterator[Operator]:
     """The operator as the chart's ServiceAccount, for the whole session (tests may kill and
-    restart it)."""
+    restart it). Its log must stay free of tracebacks and ERROR lines for the whole session."""
     op = Operator(chart)
     op.start()
     yield op
     op.stop()
+    problems = op.problems()
+    if problems:
+        pytest.fail("the operator logged errors:\n" + "\n".join(problems[:40]), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def operator_stays_clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that uses the operator leaves no traceback or ERROR line in its log and does not
+    raise simtask_reconcile_errors_total, unless marked `operator_errors` (fault tests)."""
+    if "operator" not in request.fixturenames:
+        yield
+        return
+    op: Operator = request.getfixturevalue("operator")
+    mark, starts, errors = op.log_mark(), op.starts, op.reconcile_errors()
+    yield
+    if request.node.get_closest_marker("operator_errors") is not None:
+        return
+    problems = op.problems(mark)
+    assert not problems, "the operator logged errors:\n" + "\n".join(problems[:40])
+    if op.starts == starts:  # A restarted operator counts from zero again.
+        assert op.reconcile_errors() == errors, "reconcile passes failed during the test"

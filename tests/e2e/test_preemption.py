@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from kubernetes import client
 
-from tests.e2e.cluster import condition, eventually, kubectl, kubectl_json, testbed
+from tests.e2e.cluster import condition, eventually, kubectl, kubectl_json
+from tests.e2e.pools import NODE_CPU, Pool, parse_time, utc_now
 from tests.e2e.tasks import (
     SPOT_TOLERATION,
     apply,
@@ -33,93 +32,12 @@ from tests.e2e.tasks import (
 
 pytestmark = pytest.mark.usefixtures("operator")
 
-POOL_LABEL = "e2e.simtask.dev/pool"
-SPOT_LABEL = "cloud.google.com/gke-spot"
-SPOT_TAINT = {"key": SPOT_LABEL, "value": "true", "effect": "NoSchedule"}
-#: Each node of a test's pool has room for exactly one task, so a higher-priority pod that
-#: wants the whole node must preempt the task's pod.
-NODE_CPU = "2"
 TASK_RESOURCES = {"cpu": "2", "memory": "1Gi"}
 #: What the phase of a lost attempt is, by the kind of node it ran on.
 LOST = {True: "SpotPreempted", False: "ExecutorTerminated"}
 #: Phases an attempt can end in without succeeding: a test waits for any of them, then says which.
 LOSS_OR_FAILURE = {"SpotPreempted", "ExecutorTerminated", "ExecutorFailed", "Failed", "TTLExceeded"}
 SHUTDOWN_MESSAGE = "Pod was terminated in response to imminent node shutdown."
-
-
-# ---------------------------------------------------------------- the test's own node pools
-
-
-@dataclass
-class Pool:
-    """A MachineGroup of the test's own and the kwok nodes it selects."""
-
-    group: str
-    selector: dict[str, str]
-    spot: bool
-    nodes: list[str] = field(default_factory=list)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def node_ready(name: str) -> bool:
-    proc = kubectl("get", "node", name, "-o", "json", check=False)
-    if proc.returncode != 0:
-        return False
-    return (condition(json.loads(proc.stdout), "Ready") or {}).get("status") == "True"
-
-
-@pytest.fixture
-def pools(core: client.CoreV1Api) -> Iterator[Callable[..., Pool]]:
-    """Make a pool: kwok nodes (spot or on-demand) and a MachineGroup selecting only them."""
-    groups: list[str] = []
-    nodes: list[str] = []
-
-    def make(*, spot: bool, nodes_count: int = 2) -> Pool:
-        pool_id = uuid.uuid4().hex[:8]
-        kind = "spot" if spot else "ondemand"
-        pool = Pool(group=f"e2e-{kind}-{pool_id}", selector={POOL_LABEL: pool_id}, spot=spot)
-        labels = {**pool.selector, **({SPOT_LABEL: "true"} if spot else {})}
-        for i in range(nodes_count):
-            name = f"{pool.group}-{i}"
-            core.create_node(
-                testbed.fake_node(
-                    name,
-                    f"e2e-{kind}",
-                    cpu=NODE_CPU,
-                    labels=labels,
-                    taints=[SPOT_TAINT] if spot else None,
-                )
-            )
-            nodes.append(name)
-            pool.nodes.append(name)
-        for name in pool.nodes:
-            eventually(lambda name=name: node_ready(name), timeout=30, what=f"node {name} Ready")
-        tolerations = f"tolerations: [{json.dumps(SPOT_TOLERATION)}]" if spot else ""
-        manifest = f"""
-apiVersion: simtask.dev/v1alpha1
-kind: MachineGroup
-metadata:
-  name: {pool.group}
-spec:
-  nodeSelector: {{{POOL_LABEL}: "{pool_id}"}}
-  {tolerations}
-"""
-        kubectl("apply", "-f", "-", input_text=manifest)
-        groups.append(pool.group)
-        return pool
-
-    yield make
-    for group in groups:
-        kubectl("delete", "machinegroup", group, "--ignore-not-found", "--wait=false", check=False)
-    for name in nodes:
-        kubectl("delete", "node", name, "--ignore-not-found", "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

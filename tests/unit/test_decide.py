@@ -299,3 +299,89 @@ def test_an_invalid_spec_fails_before_any_job() -> None:
     )
     assert phases(d) == ["Submitted", "Failed"]
     assert d.status["reason"] == "InvalidSpec" and d.actions == []
+
+
+def test_task_created_with_kill_is_killed_at_once() -> None:
+    d = decide(Observed(task=fresh(kill=True), missing_inputs=[]), f.at(0))
+    assert phases(d) == ["PendingKilled", "Killed"]
+    assert d.actions == [] and d.refused == []
+    assert {c["type"]: c["status"] for c in d.status["conditions"]}["Failed"] == "True"
+
+
+def test_resubmission_waits_until_the_old_pod_is_gone() -> None:
+    _, obs = preempted_task()
+    task, _ = settle(obs, 31)
+    later = 31 + resubmit_backoff(0).total_seconds() + 5
+    # The lost attempt's pod is still terminating on a live node (its grace period).
+    terminating = f.pod(node_name="cpu-spot-1", phase="Running", state=f.running(3), deleted=29)
+    waiting = Observed(**{**obs.__dict__, "task": task, "pods": {1: [terminating]}})
+    d = decide(waiting, f.at(later))
+    assert phases(d) == [] and not any(isinstance(a, CreateJob) for a in d.actions)
+    assert (
+        "has stopped" in d.status["message"]
+        and terminating["metadata"]["name"] in (d.status["message"])
+    )
+    # Gone: attempt 2 starts.
+    d = decide(Observed(**{**obs.__dict__, "task": task, "pods": {}}), f.at(later))
+    assert phases(d) == ["Submitted"] and d.status["attempt"] == 2
+
+
+def test_a_failed_pod_kept_by_its_job_does_not_hold_the_resubmission_back() -> None:
+    _, obs = preempted_task()
+    task, _ = settle(obs, 31)
+    later = 31 + resubmit_backoff(0).total_seconds() + 5
+    d = decide(Observed(**{**obs.__dict__, "task": task}), f.at(later))
+    assert phases(d) == ["Submitted"]
+
+
+def test_running_pod_on_a_deleted_node_is_preempted_at_once() -> None:
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    pod = f.pod(node_name="cpu-spot-2", phase="Running", state=f.running(3))
+    running = Observed(
+        task=task,
+        jobs={1: f.job(active=1)},
+        pods={1: [pod]},
+        nodes={"cpu-spot-2": f.node("cpu-spot-2", pool="cpu-spot", spot=True)},
+        missing_inputs=[],
+    )
+    task, d = settle(running, 5)
+    assert d.status["phase"] == "ComputationStarted"
+    # The node is deleted; the API still shows the pod Running until pod GC comes.
+    gone = Observed(**{**running.__dict__, "task": task, "nodes": {}})
+    d = decide(gone, f.at(10))
+    assert d.status["phase"] == "ComputationStarted", "an unknown node alone proves nothing"
+    d = decide(Observed(**{**gone.__dict__, "gone_nodes": frozenset({"cpu-spot-2"})}), f.at(10))
+    assert phases(d) == ["SpotPreempted"]
+    assert "cpu-spot-2 was deleted" in d.status["message"]
+    # Its pod will never stop there: attempt 2 does not wait for it.
+    task = {**task, "status": d.status}
+    later = 10 + resubmit_backoff(0).total_seconds() + 1
+    d = decide(
+        Observed(**{**gone.__dict__, "task": task, "gone_nodes": frozenset({"cpu-spot-2"})}),
+        f.at(later),
+    )
+    assert phases(d) == ["Submitted"] and d.status["attempt"] == 2
+
+
+def test_an_error_that_persists_shows_as_stalled_until_it_clears() -> None:
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    stalled = ("JobCreateFailed", 'creating Job cfd-wing-a1: exceeded quota: "count/jobs.batch"')
+    d = decide(Observed(task=task, missing_inputs=[], stalled=stalled), f.at(3))
+    assert d.status["phase"] == "Submitted" and d.status["reason"] == "JobCreateFailed"
+    cond = {c["type"]: c for c in d.status["conditions"]}["Stalled"]
+    assert cond["status"] == "True" and cond["reason"] == "JobCreateFailed"
+    assert "exceeded quota" in cond["message"]
+    d = decide(Observed(task={**task, "status": d.status}, missing_inputs=[]), f.at(4))
+    assert {c["type"]: c for c in d.status["conditions"]}["Stalled"]["status"] == "False"
+    assert d.status["reason"] != "JobCreateFailed"
+
+
+def test_a_job_that_cannot_create_its_pod_says_why() -> None:
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    why = 'pods "cfd-wing-a1-x" is forbidden: no PriorityClass with name urgent was found'
+    d = decide(
+        Observed(task=task, jobs={1: f.job()}, missing_inputs=[], pod_creation_error=why),
+        f.at(2),
+    )
+    assert d.status["phase"] == "Submitted" and d.status["reason"] == "PodCreationFailed"
+    assert "no PriorityClass with name urgent" in d.status["message"]

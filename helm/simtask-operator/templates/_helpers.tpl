@@ -86,7 +86,10 @@ watches SimulationTasks, Jobs and pods in every namespace, so they are cluster-w
 - apiGroups: [""]
   resources: ["configmaps", "secrets", "persistentvolumeclaims"]
   verbs: ["get"]
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch", "list", "watch"]
+- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
