@@ -77,6 +77,8 @@ def test_default_objects(chart: Chart) -> None:
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Deployment",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount",
         ]
@@ -201,7 +203,7 @@ def test_rbac_has_no_wildcards(chart: Chart) -> None:
     assert roles
     for role in roles:
         for rule in role["rules"]:
-            assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule
+            assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
             for key in ("apiGroups", "resources", "verbs"):
                 assert rule[key], rule
                 assert not any("*" in item for item in rule[key]), rule
@@ -209,8 +211,7 @@ def test_rbac_has_no_wildcards(chart: Chart) -> None:
 
 def test_rbac_equals_design_table(chart: Chart) -> None:
     docs = chart.render()
-    (role,) = list(_roles(docs))
-    assert role["kind"] == "ClusterRole"
+    (role,) = [r for r in _roles(docs) if r["kind"] == "ClusterRole"]
     assert _expand(role["rules"]) == design_rbac()
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {
@@ -286,16 +287,23 @@ def test_deployment_is_restricted_pod_security(chart: Chart) -> None:
 def test_deployment_shape(chart: Chart) -> None:
     deployment = one(chart.render(), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     (container,) = spec["template"]["spec"]["containers"]
     assert container["image"] == "simtask-operator:0.1.0"
-    assert container["args"][:2] == ["--standalone", "--all-namespaces"]
+    assert container["args"][:3] == [
+        "--leader-elect",
+        "--leader-election-namespace=simtask-system",
+        "--lease-duration=10",
+    ]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8000, "health": 8080}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["resources"]["requests"]["cpu"]
     assert container["resources"]["requests"]["memory"]
     assert container["resources"]["limits"]["memory"]
@@ -305,34 +313,76 @@ def test_deployment_shape(chart: Chart) -> None:
 
 
 def test_deployment_options_and_image(chart: Chart) -> None:
+    # Values that differ from values.yaml, so a template that ignores them cannot pass.
     docs = chart.render(
         "image.repository=registry.example/simtask",
         "image.digest=sha256:" + "a" * 64,
         "operator.logLevel=DEBUG",
-        "operator.workers=32",
+        "operator.workers=7",
         "operator.extraArgs={--bind=0.0.0.0}",
+        "leaderElection.enabled=false",
     )
     (container,) = _pod(docs)["containers"]
     assert container["args"] == [
-        "--standalone",
-        "--all-namespaces",
         "--log-level=DEBUG",
-        "--workers=32",
+        "--workers=7",
         "--bind=0.0.0.0",
     ]
     assert container["image"] == "registry.example/simtask@sha256:" + "a" * 64
 
 
-def test_operator_accepts_the_deployment_args(chart: Chart) -> None:
+#: The parser's environment fallbacks, which must not stand in for the chart's flags.
+OPERATOR_ENV = (
+    "SIMTASK_METRICS_PORT",
+    "SIMTASK_HEALTH_PORT",
+    "SIMTASK_BIND",
+    "SIMTASK_WORKERS",
+    "SIMTASK_LOG_LEVEL",
+)
+
+
+def test_operator_accepts_the_deployment_args(
+    chart: Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from simtask.main import parse_args
 
-    (container,) = _pod(chart.render("operator.logLevel=DEBUG"))["containers"]
-    args = parse_args(container["args"])
-    assert args.standalone and args.all_namespaces
-    assert args.log_level == "DEBUG" and args.workers == 32
+    for name in OPERATOR_ENV:
+        monkeypatch.delenv(name, raising=False)
+    defaults = parse_args([])
+    # Settings the operator does not default to: only the chart's flags can produce them.
+    log_level, workers = "DEBUG", defaults.workers + 5
+    assert defaults.log_level != log_level
+    values = (f"operator.logLevel={log_level}", f"operator.workers={workers}")
+    (container,) = _pod(chart.render(*values))["containers"]
+    args = parse_args(container["args"])  # exits on a flag the operator does not know ...
+    with pytest.raises(SystemExit):  # ... as it does for this one
+        parse_args([*container["args"], "--no-such-flag"])
+    assert (args.log_level, args.workers) == (log_level, workers)
+    for flag in container["args"]:
+        if "=" not in flag:  # a switch the chart turns on
+            assert getattr(args, flag.removeprefix("--").replace("-", "_")) is True, flag
     # The ports the chart probes and scrapes are the operator's defaults.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (args.metrics_port, args.health_port) == (ports["metrics"], ports["health"])
+
+
+def test_leader_election_lease_role(chart: Chart) -> None:
+    docs = chart.render("leaderElection.leaseDurationSeconds=15")
+    (container,) = _pod(docs)["containers"]
+    assert "--lease-duration=15" in container["args"]
+    (role,) = [r for r in _roles(docs) if r["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "simtask-system"
+    assert _expand(role["rules"]) == {
+        ("coordination.k8s.io", "leases", verb) for verb in ("create", "get", "update")
+    }
+    named = [r for r in role["rules"] if "get" in r["verbs"]]
+    assert named and all(r.get("resourceNames") == ["simtask-operator"] for r in named)
+    binding = one(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    _assert_subject_is_operator(docs, binding)
+    off = chart.render("leaderElection.enabled=false")
+    assert not [r for r in _roles(off) if r["kind"] == "Role"]
+    assert "--leader-elect" not in _pod(off)["containers"][0]["args"]
 
 
 def test_replicas_zero_pauses(chart: Chart) -> None:
@@ -500,7 +550,8 @@ def test_schema_is_draft7_and_closed() -> None:
     "bad",
     [
         "replicaCount=abc",
-        "replicaCount=2",
+        "replicaCount=-1",
+        "leaderElection.leaseDurationSeconds=1",
         "image.pullPolicy=Sometimes",
         "image.digest=latest",
         "crds.install=maybe",

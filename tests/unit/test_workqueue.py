@@ -78,7 +78,7 @@ def test_two_workers_never_hold_the_same_key() -> None:
         workers = [asyncio.create_task(worker()) for _ in range(8)]
         for i in range(3):
             q.add(f"k{i}")
-        while processed < 200:
+        while processed < 200:  # noqa: ASYNC110 - the workers' progress is the condition
             await asyncio.sleep(0.01)
         for w in workers:
             w.cancel()
