@@ -492,6 +492,8 @@ def _close_attempt(p: _Pass, phase: Phase, end: datetime) -> None:
         return
     rec["phase"] = str(phase)
     rec["endTime"] = ts(end)
+    # Compute is counted between the times on record (to the second), so they agree.
+    end = parse_ts(rec["endTime"]) or end
     start = parse_ts(rec.get("startTime"))
     cpu, gpu = 0.0, 0.0
     if start is not None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+from datetime import datetime
 from typing import Any
 
 from tests.e2e.cluster import eventually, kubectl, kubectl_json
 
 IMAGE = "ghcr.io/example/openfoam:11"
+
+#: What a busy 2-core machine (the control plane, kwok and the operator share it) may add to
+#: any step: every wait in the stories is what the step should take plus this, stated once.
+HEADROOM = float(os.environ.get("SIMTASK_E2E_HEADROOM", "10"))
 
 #: Tolerations for the local cluster's tainted pools (SPEC §5).
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -61,8 +67,13 @@ def patch_spec(ns: str, name: str, spec: dict[str, Any]) -> None:
     )
 
 
-def wait_phase(ns: str, name: str, *phases: str, timeout: float = 90) -> dict[str, Any]:
-    """Wait until status.phase is one of `phases`; return the task."""
+def wait_phase(
+    ns: str, name: str, *phases: str, within: float = 5, timeout: float | None = None
+) -> dict[str, Any]:
+    """Wait until status.phase is one of `phases`; return the task. The step should take
+    `within` seconds (a 2 s task from apply to Success takes about 4); it may take HEADROOM
+    more, or `timeout` in all when given."""
+    timeout = timeout if timeout is not None else within + HEADROOM
 
     def probe() -> dict[str, Any] | None:
         task = get(ns, name)
@@ -73,6 +84,19 @@ def wait_phase(ns: str, name: str, *phases: str, timeout: float = 90) -> dict[st
     except AssertionError as exc:
         status = get(ns, name).get("status") or {}
         raise AssertionError(f"{exc}\nstatus now: {json.dumps(status, indent=1)[:3000]}") from None
+
+
+def parse_time(value: str) -> datetime:
+    """A Kubernetes timestamp."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def entry(task: dict[str, Any], phase: str, attempt: int = 1) -> dict[str, Any]:
+    """The history entry of the move into `phase` in `attempt`."""
+    for h in (task.get("status") or {}).get("history") or []:
+        if h["phase"] == phase and h["attempt"] == attempt:
+            return dict(h)
+    raise AssertionError(f"no {phase} in attempt {attempt}: {history(task)}")
 
 
 def history(task: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 from tests.e2e.cluster import condition, eventually, kubectl, kubectl_json
 from tests.e2e.tasks import (
     GPU_TOLERATION,
+    HEADROOM,
     SPOT_TOLERATION,
     apply,
     get,
@@ -47,7 +48,9 @@ def machine_group() -> Iterator[Callable[..., str]]:
         )
         made.append(name)
         eventually(
-            lambda: group(name).get("status", {}).get("phase"), timeout=30, what=f"{name} status"
+            lambda: group(name).get("status", {}).get("phase"),
+            timeout=HEADROOM,
+            what=f"{name} status",
         )
         return name
 
@@ -75,10 +78,12 @@ def unfinished_jobs(ns: str) -> int:
 def test_group_status_shows_nodes_gpus_and_spot(machine_group: Callable[..., str]) -> None:
     gpu = machine_group("gpu-a100", tolerations=[GPU_TOLERATION])
     spot = machine_group("cpu-spot", tolerations=[SPOT_TOLERATION])
-    status = eventually(lambda: (s := group(gpu)["status"]).get("nodes") == 2 and s, timeout=30)
+    status = eventually(
+        lambda: (s := group(gpu)["status"]).get("nodes") == 2 and s, timeout=HEADROOM
+    )
     assert (status["phase"], status["gpus"], status["spot"]) == ("Active", 8, False)
     assert condition(group(gpu), "Ready")["status"] == "True"
-    assert eventually(lambda: group(spot)["status"].get("spot"), timeout=30) is True
+    assert eventually(lambda: group(spot)["status"].get("spot"), timeout=HEADROOM) is True
     out = kubectl("get", "mg", gpu).stdout
     assert "Active" in out and "8" in out
 
@@ -111,7 +116,7 @@ def test_task_that_can_never_fit_stays_submitted_saying_why(
         lambda: (
             (t := get(namespace, "huge")).get("status", {}).get("reason") == "Unplaceable" and t
         ),
-        timeout=30,
+        timeout=HEADROOM,
         what="Unplaceable",
     )
     assert task["status"]["phase"] == "Submitted"
@@ -138,7 +143,7 @@ def test_quota_queues_fifo_and_never_exceeds_it(
         phases = [(get(namespace, f"q-{i}").get("status") or {}).get("phase") for i in range(5)]
         return all(p == "Success" for p in phases)
 
-    eventually(all_done, timeout=120, interval=0.3, what="all five Success")
+    eventually(all_done, timeout=4 * HEADROOM, interval=0.3, what="all five Success")
     assert most <= 2, f"{most} Jobs ran at once with maxConcurrentTasks 2"
     # The first two start at once; the others waited at 1, 2, 3 in creation order.
     assert positions.get("q-2") == 1 and positions.get("q-3") == 2 and positions.get("q-4") == 3, (
@@ -154,7 +159,8 @@ def running_and_queued(namespace: str, machine_group: Callable[..., str]) -> str
     wait_phase(namespace, "running", "ComputationStarted")
     apply(namespace, task_manifest("queued", duration="10m", machineGroup=name))
     eventually(
-        lambda: get(namespace, "queued").get("status", {}).get("queuePosition") == 1, timeout=30
+        lambda: get(namespace, "queued").get("status", {}).get("queuePosition") == 1,
+        timeout=HEADROOM,
     )
     return name
 
@@ -168,8 +174,10 @@ def test_terminating_a_group_stops_running_and_queued_tasks(
     queued = wait_phase(namespace, "queued", "Zombie")
     assert name in running["status"]["message"] and name in queued["status"]["message"]
     assert condition(running, "Failed")["status"] == "True"
-    eventually(lambda: group(name)["status"]["phase"] == "Terminated", timeout=30)
-    eventually(lambda: unfinished_jobs(namespace) == 0, timeout=60, what="no Job left running")
+    eventually(lambda: group(name)["status"]["phase"] == "Terminated", timeout=HEADROOM)
+    eventually(
+        lambda: unfinished_jobs(namespace) == 0, timeout=2 * HEADROOM, what="no Job left running"
+    )
 
 
 def test_expired_group_stops_its_running_task(
@@ -178,12 +186,14 @@ def test_expired_group_stops_its_running_task(
     name = machine_group("cpu-standard", timeToLive="8s")
     apply(namespace, task_manifest("outlived", duration="10m", machineGroup=name))
     wait_phase(namespace, "outlived", "ComputationStarted")
-    task = wait_phase(namespace, "outlived", "ExecutorTerminatedTTLExceeded", timeout=60)
+    task = wait_phase(namespace, "outlived", "ExecutorTerminatedTTLExceeded", timeout=2 * HEADROOM)
     assert history(task)[-1] == "ExecutorTerminatedTTLExceeded"
     assert group(name)["status"]["phase"] == "Expired"
     apply(namespace, task_manifest("late", machineGroup=name))
     assert wait_phase(namespace, "late", "Zombie")["status"]["reason"] == "MachineGroupExpired"
-    eventually(lambda: unfinished_jobs(namespace) == 0, timeout=60, what="no Job left running")
+    eventually(
+        lambda: unfinished_jobs(namespace) == 0, timeout=2 * HEADROOM, what="no Job left running"
+    )
 
 
 def test_deleting_a_group_stops_its_tasks_then_goes(
@@ -198,7 +208,9 @@ def test_deleting_a_group_stops_its_tasks_then_goes(
     assert wait_phase(namespace, "queued", "Zombie")["status"]["reason"] == "MachineGroupDeleted"
     eventually(
         lambda: kubectl("get", "machinegroup", name, check=False).returncode != 0,
-        timeout=60,
+        timeout=2 * HEADROOM,
         what="group gone once its tasks stopped",
     )
-    eventually(lambda: unfinished_jobs(namespace) == 0, timeout=60, what="no Job left running")
+    eventually(
+        lambda: unfinished_jobs(namespace) == 0, timeout=2 * HEADROOM, what="no Job left running"
+    )

@@ -19,6 +19,7 @@ import pytest
 from tests.e2e.cluster import condition, eventually, kubectl, kubectl_json
 from tests.e2e.pools import NODE_CPU, Pool, parse_time, utc_now
 from tests.e2e.tasks import (
+    HEADROOM,
     SPOT_TOLERATION,
     apply,
     get,
@@ -142,11 +143,11 @@ def noexecute_taint(run: Running) -> None:
 
 def drain(run: Running) -> None:
     """An admin (or autoscaler) drains the node: cordon, then evict through the Eviction API."""
-    kubectl("drain", run.node, "--timeout=90s")
+    kubectl("drain", run.node, f"--timeout={3 * HEADROOM:.0f}s")
 
 
 def delete_node(run: Running) -> None:
-    """The node object is deleted; the pod GC fails its pods after its quarantine (~40s)."""
+    """The node object is deleted (a cloud VM gone): its attempt is lost at once."""
     kubectl("delete", "node", run.node, "--wait=false")
 
 
@@ -204,11 +205,11 @@ spec:
 
 
 LOSSES = [
-    Loss("noexecute-taint", "NodeTainted", 60, noexecute_taint),
-    Loss("drain", "EvictedByAPI", 60, drain),
-    Loss("node-deleted", "NodeDeleted", 150, delete_node),
-    Loss("graceful-node-shutdown", "NodeShutdown", 60, graceful_shutdown),
-    Loss("scheduler-preemption", "PreemptedByScheduler", 60, scheduler_preemption),
+    Loss("noexecute-taint", "NodeTainted", HEADROOM, noexecute_taint),
+    Loss("drain", "EvictedByAPI", 2 * HEADROOM, drain),
+    Loss("node-deleted", "NodeDeleted", HEADROOM, delete_node),
+    Loss("graceful-node-shutdown", "NodeShutdown", HEADROOM, graceful_shutdown),
+    Loss("scheduler-preemption", "PreemptedByScheduler", 2 * HEADROOM, scheduler_preemption),
 ]
 SPOT_OR_NOT = pytest.mark.parametrize("spot", [True, False], ids=["spot", "on-demand"])
 
@@ -231,7 +232,14 @@ def test_lost_node_resubmits_the_task_which_then_succeeds(
     lost = lost_attempt(namespace, "cavity", timeout=loss.timeout)
     assert (lost["phase"], lost["reason"]) == (LOST[spot], loss.reason), lost
     assert node in lost["message"], lost
-    kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=90s", "simtask/cavity")
+    kubectl(
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Succeeded",
+        f"--timeout={3 * HEADROOM:.0f}s",
+        "simtask/cavity",
+    )
 
     task = get(namespace, "cavity")
     status = task["status"]
@@ -251,11 +259,13 @@ def test_lost_node_resubmits_the_task_which_then_succeeds(
     ], steps
     resubmitted = status["history"][4]
     assert resubmitted["reason"] == "Resubmitted"
-    # The backoff (2s for the first resubmission) is honoured.
-    assert (parse_time(resubmitted["time"]) - parse_time(lost["time"])).total_seconds() >= 1
 
     # The lost attempt is on record: where it ran, how it ended, what compute it cost.
     first, second = status["attempts"]
+    # The backoff (2 s for the first resubmission) counts from the attempt's end, to the
+    # second; the wait for the old pod to go may add to it, never take from it.
+    backoff = (parse_time(resubmitted["time"]) - parse_time(first["endTime"])).total_seconds()
+    assert 1 <= backoff <= 2 + HEADROOM * 4, f"resubmitted {backoff}s after attempt 1 ended"
     assert (first["attempt"], first["phase"], first["nodeName"], first["machineGroup"]) == (
         1,
         LOST[spot],
@@ -302,7 +312,14 @@ def test_spot_preemption_without_resubmission_ends_the_task(
 
     reclaim(node)
 
-    kubectl("wait", "-n", namespace, "--for=condition=Failed", "--timeout=90s", "simtask/one-shot")
+    kubectl(
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Failed",
+        f"--timeout={3 * HEADROOM:.0f}s",
+        "simtask/one-shot",
+    )
     task = get(namespace, "one-shot")
     status = task["status"]
     assert status["phase"] == "SpotPreempted"
@@ -317,7 +334,11 @@ def test_spot_preemption_without_resubmission_ends_the_task(
     )
     # No second attempt, and nothing of the lost one keeps running.
     assert "one-shot-a2" not in [j["metadata"]["name"] for j in jobs_of(namespace, "one-shot")]
-    eventually(lambda: not pods_of(namespace, "one-shot"), timeout=60, what="the lost pod removed")
+    eventually(
+        lambda: not pods_of(namespace, "one-shot"),
+        timeout=2 * HEADROOM,
+        what="the lost pod removed",
+    )
     # kubectl shows where it ended.
     assert "SpotPreempted" in kubectl("get", "st", "one-shot", "-n", namespace).stdout
 
@@ -378,7 +399,14 @@ def test_simulator_failure_is_not_a_resubmission(
             resources=TASK_RESOURCES,
         ),
     )
-    kubectl("wait", "-n", namespace, "--for=condition=Failed", "--timeout=90s", "simtask/diverged")
+    kubectl(
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Failed",
+        f"--timeout={3 * HEADROOM:.0f}s",
+        "simtask/diverged",
+    )
     task = get(namespace, "diverged")
     status = task["status"]
     assert (status["phase"], status["exitCode"]) == ("Failed", 3)
