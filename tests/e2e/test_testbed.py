@@ -1,20 +1,37 @@
-"""The local cluster is a real Kubernetes: scheduling, Jobs, container states, disruptions."""
+"""The local cluster is a real Kubernetes: scheduling, Jobs, container states, disruptions,
+graceful termination, nodes that vanish; and the black-hole proxy that fault tests put in front
+of it."""
 
 from __future__ import annotations
 
 import os
+import queue
 import socket
+import ssl
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
-from tests.e2e.cluster import ROOT, condition, eventually, kubectl, kubectl_json, testbed
+from tests.e2e.cluster import (
+    KUBECONFIG,
+    ROOT,
+    STATE,
+    condition,
+    eventually,
+    kubectl,
+    kubectl_binary,
+    kubectl_json,
+    testbed,
+)
+from tests.e2e.proxy import BlackholeProxy, write_proxied_kubeconfig
 from tests.e2e.tasks import GPU_TOLERATION, SPOT_TOLERATION
 
 
@@ -208,7 +225,12 @@ def test_active_deadline_fails_pod_with_deadline_exceeded(
 
 
 def running_pod_on(
-    core: client.CoreV1Api, batch: client.BatchV1Api, ns: str, name: str, node: str
+    core: client.CoreV1Api,
+    batch: client.BatchV1Api,
+    ns: str,
+    name: str,
+    node: str,
+    duration: str = "10m",
 ) -> Any:
     batch.create_namespaced_job(
         ns,
@@ -216,7 +238,7 @@ def running_pod_on(
             name,
             tolerations=[SPOT_TOLERATION],
             node_selector={"kubernetes.io/hostname": node},
-            annotations={"testbed.simtask.dev/duration": "10m"},
+            annotations={"testbed.simtask.dev/duration": duration},
         ),
     )
     return eventually(
@@ -298,19 +320,61 @@ def test_eviction_api_disrupts_pod(
     )
 
 
-def test_deleted_node_has_its_pods_failed_by_pod_gc(
+def pod_events(
+    core: client.CoreV1Api, ns: str, name: str, resource_version: str, timeout: float
+) -> Iterator[tuple[float, str, Any]]:
+    """Every change of one pod from `resource_version` on, as (monotonic time, type, pod),
+    until it is deleted or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    w = watch.Watch()
+    try:
+        for event in w.stream(
+            core.list_namespaced_pod,
+            ns,
+            field_selector=f"metadata.name={name}",
+            resource_version=resource_version,
+            timeout_seconds=max(1, int(timeout)),
+            _request_timeout=timeout + 10,
+        ):
+            yield time.monotonic(), event["type"], event["object"]
+            if event["type"] == "DELETED" or time.monotonic() > deadline:
+                return
+    finally:
+        w.stop()
+
+
+def test_pods_of_a_deleted_node_stay_as_they_were_until_pod_gc(
     namespace: str, own_node: str, core: client.CoreV1Api, batch: client.BatchV1Api
 ) -> None:
-    pod = running_pod_on(core, batch, namespace, "node-gone", own_node)
+    # The run would end by itself 5s after it started: nothing may report that once its
+    # node is gone.
+    pod = running_pod_on(core, batch, namespace, "node-gone", own_node, duration="5s")
     core.delete_node(own_node)
-    # Pod GC waits out its quarantine (40s) before it fails pods of a node that is gone.
-    cond = wait_disrupted(core, namespace, pod.metadata.name, timeout=120)
+    phases: list[str] = []
+    disrupted = None
+    # Pod GC fails the pods of a node that is gone 40s after it first saw the node missing,
+    # and it looks every 20s: up to some 80s.
+    for _, kind, obj in pod_events(
+        core, namespace, pod.metadata.name, pod.metadata.resource_version, timeout=120
+    ):
+        phases.append(f"{kind} {obj.status.phase}")
+        assert obj.status.phase != "Succeeded", phases
+        cond = pod_condition(obj, "DisruptionTarget")
+        if cond and cond.status == "True":
+            disrupted = disrupted or (cond, obj)
+        elif obj.status.phase == "Running":
+            # As it was: its container still running, as last reported.
+            assert obj.status.container_statuses[0].state.running, obj.status
+    assert disrupted, f"pod GC did not fail the pod; seen: {phases}"
+    cond, obj = disrupted
     assert cond.reason == "DeletionByPodGC"
+    assert obj.status.phase == "Failed"
     eventually(
         lambda: job_condition(batch, namespace, "node-gone", "Failed"),
         timeout=60,
         what="Job Failed",
     )
+    assert not job_condition(batch, namespace, "node-gone", "Complete")
 
 
 def test_deleting_a_running_pod_stops_it(
@@ -331,6 +395,159 @@ def test_deleting_a_running_pod_stops_it(
     )
     eventually(lambda: job_pod(core, namespace, "deleted") is None, timeout=60, what="pod removed")
     assert started is not None
+
+
+def running_pod(
+    core: client.CoreV1Api, ns: str, name: str, stop_delay: str, grace: int | None = None
+) -> Any:
+    """A bare pod whose simulated simulator runs 10 minutes and takes `stop_delay` to exit
+    on SIGTERM."""
+    spec: dict[str, Any] = {
+        "containers": [{"name": "simulator", "image": "ghcr.io/example/solver:1.0"}]
+    }
+    if grace is not None:
+        spec["terminationGracePeriodSeconds"] = grace
+    core.create_namespaced_pod(
+        ns,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "annotations": {
+                    "testbed.simtask.dev/duration": "10m",
+                    "testbed.simtask.dev/stop-delay": stop_delay,
+                },
+            },
+            "spec": spec,
+        },
+    )
+    return eventually(
+        lambda: (p := core.read_namespaced_pod(name, ns)).status.phase == "Running" and p,
+        timeout=60,
+        what=f"{name} Running",
+    )
+
+
+def delete_and_watch_it_stop(core: client.CoreV1Api, ns: str, pod: Any) -> tuple[float, Any]:
+    """Delete the pod with its own grace period; return how many seconds its containers kept
+    running, and the pod as it was once they had stopped. The pod must stay Running until
+    then, and be removed after."""
+    name = pod.metadata.name
+    t0 = time.monotonic()
+    core.delete_namespaced_pod(name, ns)
+    events = list(pod_events(core, ns, name, pod.metadata.resource_version, timeout=60))
+    seen = [(round(t - t0, 1), kind, obj.status.phase) for t, kind, obj in events]
+    stopped = next(((t, obj) for t, _, obj in events if obj.status.phase == "Failed"), None)
+    assert stopped, f"containers never stopped; seen: {seen}"
+    for t, _, obj in events:
+        if t >= stopped[0]:
+            break
+        assert obj.metadata.deletion_timestamp and obj.status.phase == "Running", seen
+        assert obj.status.container_statuses[0].state.running, seen
+    assert events[-1][1] == "DELETED", f"pod not removed; seen: {seen}"
+    return stopped[0] - t0, stopped[1]
+
+
+def test_deleted_pod_runs_until_its_simulator_exits_on_sigterm(
+    namespace: str, core: client.CoreV1Api
+) -> None:
+    pod = running_pod(core, namespace, "slow-stop", stop_delay="5s")
+    ran, stopped = delete_and_watch_it_stop(core, namespace, pod)
+    # Within the default grace period (30s): SIGTERM, and the simulator exits 5s later.
+    assert 4.5 <= ran <= 9, ran
+    term = stopped.status.container_statuses[0].state.terminated
+    assert (term.exit_code, term.reason) == (143, "Error")
+
+
+def test_grace_period_caps_the_stop_with_sigkill(namespace: str, core: client.CoreV1Api) -> None:
+    pod = running_pod(core, namespace, "stubborn", stop_delay="60s", grace=3)
+    ran, stopped = delete_and_watch_it_stop(core, namespace, pod)
+    assert 2.5 <= ran <= 8, ran
+    term = stopped.status.container_statuses[0].state.terminated
+    assert (term.exit_code, term.reason) == (137, "Error")
+
+
+def gated_pod(name: str) -> dict[str, Any]:
+    """A pod that nobody touches after its creation: a scheduling gate holds it Pending."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "schedulingGates": [{"name": "testbed.simtask.dev/hold"}],
+            "containers": [{"name": "simulator", "image": "ghcr.io/example/solver:1.0"}],
+        },
+    }
+
+
+def read_lines(stream: IO[str] | None, into: queue.Queue[str]) -> None:
+    for line in stream or []:
+        into.put(line.strip())
+
+
+def test_blackholed_proxy_silences_a_watch_but_not_new_connections(
+    namespace: str, core: client.CoreV1Api, tmp_path: Path
+) -> None:
+    with BlackholeProxy() as proxy:
+        config = write_proxied_kubeconfig(KUBECONFIG, proxy.port, tmp_path / "kubeconfig")
+        # TLS passes through: the API server's own certificate is valid for 127.0.0.1.
+        tls = ssl.create_default_context(cafile=str(STATE / "pki" / "ca.crt"))
+        with (
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw,
+            tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+        ):
+            assert conn.getpeercert()
+
+        def through_proxy(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [kubectl_binary(), "--kubeconfig", str(config), "-n", namespace, *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        core.create_namespaced_pod(namespace, gated_pod("before"))
+        watcher = subprocess.Popen(
+            [
+                kubectl_binary(),
+                "--kubeconfig",
+                str(config),
+                "-n",
+                namespace,
+                "get",
+                "pods",
+                "--watch",
+                "-o",
+                "name",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=read_lines, args=(watcher.stdout, lines), daemon=True).start()
+        try:
+            assert lines.get(timeout=30) == "pod/before"
+            core.create_namespaced_pod(namespace, gated_pod("seen"))
+            assert lines.get(timeout=30) == "pod/seen"
+
+            proxy.blackhole()
+            core.create_namespaced_pod(namespace, gated_pod("after"))
+            accepted = proxy.accepted
+            fresh = through_proxy("get", "pod", "after", "-o", "name")
+            assert (fresh.returncode, fresh.stdout.strip()) == (0, "pod/after"), fresh.stderr
+            assert proxy.accepted > accepted
+            # The watch hears nothing, yet its connection is open: kubectl still waits.
+            with pytest.raises(queue.Empty):
+                lines.get(timeout=3)
+            assert watcher.poll() is None
+
+            proxy.heal()
+            assert lines.get(timeout=30) == "pod/after"
+        finally:
+            watcher.kill()
+            watcher.wait(timeout=10)
 
 
 def test_up_again_is_a_quick_no_op(cluster: str) -> None:
