@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from simtask import GROUP, VERSION, names
-from simtask.decide import job_finished
-from simtask.informers import Key, Obj, obj_key
+from simtask import GROUP, VERSION
+from simtask.informers import Key, Obj
 from simtask.kube import Kube
 from simtask.lifecycle import is_terminal, parse_phase
 from simtask.machinegroups import GROUP_FINALIZER, GroupBook, group_state, group_status
@@ -35,9 +34,9 @@ class GroupController:
         path = f"/apis/{GROUP}/{VERSION}/machinegroups/{name}"
         finalizers = list(meta.get("finalizers") or [])
         now = datetime.now(UTC)
-        members = [self.book.tasks.get(k) for k in self.book.tasks_of(name)]
-        tasks = [t for t in members if t is not None]
         if meta.get("deletionTimestamp"):
+            members = [self.book.tasks.get(k) for k in self.book.tasks_of(name)]
+            tasks = [t for t in members if t is not None]
             if GROUP_FINALIZER in finalizers and not self._busy(name, tasks):
                 finalizers.remove(GROUP_FINALIZER)
                 await self.kube.merge_patch(
@@ -64,9 +63,15 @@ class GroupController:
                 },
                 resource="machinegroups",
             )
-            self.book.groups.put(updated)
+            self.book.groups.apply_write(updated)
             group = updated
-        status = group_status(group, list(self.book.nodes.objects.values()), tasks, now)
+        status = group_status(
+            group,
+            list(self.book.nodes.objects.values()),
+            running=self.book.running(name),
+            queued=self.book.queued(name),
+            now=now,
+        )
         if status != (group.get("status") or {}):
             updated = await self.kube.merge_patch(
                 path + "/status",
@@ -76,10 +81,13 @@ class GroupController:
                 },
                 resource="machinegroups",
             )
-            self.book.groups.put(updated)
+            self.book.groups.apply_write(updated)
         if group_state(group, now) != "Active":
-            for task in tasks:
-                self.wake_task(obj_key(task))
+            for key in self.book.tasks_of(name):
+                task = self.book.tasks.get(key)
+                phase = parse_phase(((task or {}).get("status") or {}).get("phase"))
+                if task is not None and not is_terminal(phase):
+                    self.wake_task(key)
         elif status.get("expiresAt"):
             expires = parse_ts(status["expiresAt"])
             if expires is not None:
@@ -92,8 +100,4 @@ class GroupController:
             phase = parse_phase(status.get("phase"))
             if not is_terminal(phase):
                 return True
-        return any(
-            ((job.get("metadata") or {}).get("labels") or {}).get(names.LABEL_MACHINE_GROUP) == name
-            and not job_finished(job)
-            for job in self.book.jobs.objects.values()
-        )
+        return bool(self.book.jobs.by("unfinished", name))

@@ -31,6 +31,8 @@ Listener = Callable[[str, Obj, Obj | None], None]
 Requester = Callable[[str, dict[str, str], float | None], Awaitable[aiohttp.ClientResponse]]
 #: Trims an object to what the operator reads, in place.
 Trimmer = Callable[[Obj], None]
+#: Told of every change of a store's contents: (old or None, new or None).
+Subscriber = Callable[[Obj | None, Obj | None], None]
 
 #: How long a deleted object's UID is remembered (longer than any request can be late).
 TOMBSTONE_SECONDS = 600.0
@@ -72,6 +74,23 @@ class Store:
         self._indexes: dict[str, dict[Hashable, set[Key]]] = {n: {} for n in self._indexers}
         #: UIDs of deleted objects, with when they were deleted (monotonic seconds).
         self._tombstones: dict[str, float] = {}
+        self._subscribers: list[Subscriber] = []
+
+    def add_index(self, name: str, indexer: Callable[[Obj], list[Hashable]]) -> None:
+        """Index the objects (those here and all to come) by what `indexer` yields."""
+        if name in self._indexers:
+            return
+        self._indexers[name] = indexer
+        index: dict[Hashable, set[Key]] = {}
+        for key, obj in self.objects.items():
+            for value in indexer(obj):
+                index.setdefault(value, set()).add(key)
+        self._indexes[name] = index
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call `subscriber(old, new)` on every change of the contents, whoever makes it
+        (a watch event, a relist, or the answer to a write of ours)."""
+        self._subscribers.append(subscriber)
 
     def get(self, key: Key) -> Obj | None:
         return self.objects.get(key)
@@ -121,6 +140,8 @@ class Store:
         del self.objects[key]
         self._tombstones[obj_uid(old)] = time.monotonic()
         self._unindex(key, old)
+        for subscriber in self._subscribers:
+            subscriber(old, None)
         return old
 
     def replace(self, objs: list[Obj]) -> tuple[list[tuple[Obj, Obj | None]], list[Obj]]:
@@ -149,6 +170,8 @@ class Store:
         for name, fn in self._indexers.items():
             for value in fn(obj):
                 self._indexes[name].setdefault(value, set()).add(key)
+        for subscriber in self._subscribers:
+            subscriber(old, obj)
 
     def _unindex(self, key: Key, old: Obj | None) -> None:
         if old is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from sortedcontainers import SortedList
 
 from simtask import names
 from simtask.conditions import condition
@@ -77,60 +79,179 @@ def _waiting_since(task: Obj) -> tuple[str, str]:
     return (str(task["metadata"].get("creationTimestamp")), str(task["metadata"]["name"]))
 
 
+def queued_group(task: Obj) -> str | None:
+    """The group whose slot the task waits for, if it waits for one."""
+    spec = task.get("spec") or {}
+    group = placement_group(spec, _spot_preemptions(task))
+    return group if group is not None and queued_for(task, group) else None
+
+
+def _member_of(task: Obj) -> list[Hashable]:
+    spec = task.get("spec") or {}
+    return [g for g in {spec.get("machineGroup"), spec.get("fallbackMachineGroup")} if g]
+
+
+def _claims(task: Obj) -> list[Hashable]:
+    """The group whose slot the task's status says it holds (a Job named, not finished)."""
+    status = task.get("status") or {}
+    if (
+        status.get("machineGroup")
+        and status.get("jobName")
+        and parse_phase(status.get("phase")) in _HOLDS_SLOT
+    ):
+        return [status["machineGroup"]]
+    return []
+
+
+def _running_on(task: Obj) -> list[Hashable]:
+    status = task.get("status") or {}
+    if status.get("machineGroup") and parse_phase(status.get("phase")) in RUNNING:
+        return [status["machineGroup"]]
+    return []
+
+
+def _unfinished_on(job: Obj) -> list[Hashable]:
+    group = ((job.get("metadata") or {}).get("labels") or {}).get(names.LABEL_MACHINE_GROUP)
+    return [group] if group and not job_finished(job) else []
+
+
+def _task_uid_label(obj: Obj) -> list[Hashable]:
+    uid = ((obj.get("metadata") or {}).get("labels") or {}).get(names.LABEL_TASK_UID)
+    return [uid] if uid else []
+
+
+_Entry = tuple[str, str, Key]
+
+
 class GroupBook:
-    """Reads groups, tasks and nodes from the caches to answer for one task at a time."""
+    """Quota admission and queue positions, kept incrementally from the caches' changes.
+
+    Each group's queue is an ordered list (by the time its tasks were submitted, then name)
+    updated as tasks change, and the slots held are read from indexes of tasks and Jobs,
+    so answering for one task costs the same at 10 tasks and at 10,000.
+    """
 
     def __init__(self, tasks: Store, groups: Store, nodes: Store, jobs: Store) -> None:
         self.tasks = tasks
         self.groups = groups
         self.nodes = nodes
         self.jobs = jobs
+        tasks.add_index("uid", lambda o: [(o.get("metadata") or {}).get("uid")])
+        tasks.add_index("member", _member_of)
+        tasks.add_index("claims", _claims)
+        tasks.add_index("running", _running_on)
+        jobs.add_index("task", _task_uid_label)
+        jobs.add_index("unfinished", _unfinished_on)
+        #: Each group's queue, in order.
+        self._queues: dict[str, SortedList[_Entry]] = {}
+        #: Where each queued task stands: (group, its entry).
+        self._entries: dict[Key, tuple[str, _Entry]] = {}
         #: Tasks admitted in memory whose status does not show their Job yet, by group.
         self._reserved: dict[str, set[Key]] = {}
+        for task in tasks.objects.values():
+            self._task_changed(None, task)
+        tasks.subscribe(self._task_changed)
+
+    def _task_changed(self, old: Obj | None, new: Obj | None) -> None:
+        key = obj_key(new or old or {})
+        placed = self._entries.pop(key, None)
+        if placed is not None:
+            self._queues[placed[0]].discard(placed[1])
+        group = queued_group(new) if new is not None else None
+        if group is not None and new is not None:
+            entry = (*_waiting_since(new), key)
+            self._queues.setdefault(group, SortedList()).add(entry)
+            self._entries[key] = (group, entry)
+        elif new is None:
+            self.forget(key)
 
     def forget(self, key: Key) -> None:
         for keys in self._reserved.values():
             keys.discard(key)
 
-    def nodes_changed(self) -> None:
-        """Node capacity may have changed (nothing cached yet)."""
-
-    def tasks_of(self, group: str) -> list[Key]:
+    def tasks_of(self, group: str) -> set[Key]:
         """Tasks that name `group` as their group or fallback."""
-        out = []
-        for task in self.tasks.objects.values():
-            spec = task.get("spec") or {}
-            if group in (spec.get("machineGroup"), spec.get("fallbackMachineGroup")):
-                out.append(obj_key(task))
+        return self.tasks.keys_by("member", group)
+
+    def queued(self, group: str) -> int:
+        """How many tasks wait for a slot of `group`."""
+        return len(self._queues.get(group, ()))
+
+    def running(self, group: str) -> int:
+        """How many tasks run on `group`."""
+        return len(self.tasks.keys_by("running", group))
+
+    def stale_positions(self, group: str) -> list[Key]:
+        """Queued tasks of `group` whose status shows another queue position than theirs
+        now, or that a free slot admits (one sweep of the queue, no pass per task)."""
+        quota = self._quota(group)
+        queue = self._queues.get(group)
+        if quota is None or not queue:
+            return []
+        reserved = self._live_reservations(group)
+        free = max(quota - len(self._holders(group) | reserved), 0)
+        stale: list[Key] = []
+        rank = 0
+        for entry in queue:
+            key = entry[2]
+            if key in reserved:
+                continue
+            rank += 1
+            task = self.tasks.get(key)
+            shown = ((task or {}).get("status") or {}).get("queuePosition")
+            if rank <= free or shown != max(rank - free, 1):
+                stale.append(key)
+        return stale
+
+    def next_in_line(self, group: str) -> list[Key]:
+        """The queued tasks that the free slots of `group` can admit now, in order."""
+        quota = self._quota(group)
+        queue = self._queues.get(group)
+        if not queue:
+            return []
+        if quota is None:
+            return [entry[2] for entry in queue]
+        reserved = self._live_reservations(group)
+        free = quota - len(self._holders(group) | reserved)
+        out: list[Key] = []
+        for entry in queue:
+            if len(out) >= free:
+                break
+            if entry[2] not in reserved:
+                out.append(entry[2])
         return out
 
-    def waiting_tasks(self, group: str) -> list[Key]:
-        """Tasks queued for `group` (no Job yet)."""
-        return [obj_key(t) for t in self.tasks.objects.values() if queued_for(t, group)]
+    def _quota(self, group: str) -> int | None:
+        obj = self.groups.get(("", group))
+        quota = ((obj or {}).get("spec") or {}).get("maxConcurrentTasks")
+        return None if quota is None else int(quota)
 
     def _holders(self, group: str) -> set[Key]:
         """Tasks holding a slot: a Job of theirs on the group is not finished, or their status
         names a Job that is being created (not in the cache yet)."""
         holders: set[Key] = set()
-        for task in self.tasks.objects.values():
-            status = task.get("status") or {}
-            uid = (task.get("metadata") or {}).get("uid")
-            jobs = [
-                j
-                for j in self.jobs.by("task", uid)
-                if ((j.get("metadata") or {}).get("labels") or {}).get(names.LABEL_MACHINE_GROUP)
-                == group
-            ]
-            if any(not job_finished(j) for j in jobs) or (
-                status.get("machineGroup") == group
-                and status.get("jobName")
-                and parse_phase(status.get("phase")) in _HOLDS_SLOT
-                and not any(
-                    (j.get("metadata") or {}).get("name") == status["jobName"] for j in jobs
-                )
-            ):
-                holders.add(obj_key(task))
+        for job in self.jobs.by("unfinished", group):
+            for uid in _task_uid_label(job):
+                holders |= self.tasks.keys_by("uid", uid)
+        for key in self.tasks.keys_by("claims", group):
+            if key in holders:
+                continue
+            claimant = self.tasks.get(key)
+            if claimant is None:
+                continue
+            named = self.jobs.get((key[0], str((claimant.get("status") or {}).get("jobName"))))
+            uid = (claimant.get("metadata") or {}).get("uid")
+            if named is None or _task_uid_label(named) != [uid]:
+                holders.add(key)
         return holders
+
+    def _live_reservations(self, group: str) -> set[Key]:
+        """Reservations still waiting for their status to show the Job."""
+        reserved = self._reserved.setdefault(group, set())
+        reserved.intersection_update(
+            k for k in list(reserved) if (placed := self._entries.get(k)) and placed[0] == group
+        )
+        return reserved
 
     def view(self, task: Obj, now: datetime | None = None) -> GroupView | None:
         """The group the task's next attempt is placed on, with quota and placement answers."""
@@ -156,27 +277,24 @@ class GroupBook:
         if quota is None:
             return GroupView(name=name, obj=group, state=state, unplaceable=unplaceable)
 
-        reserved = self._reserved.setdefault(name, set())
         holders = self._holders(name)
-        reserved -= holders  # Their status shows the Job now.
-        reserved.intersection_update(
-            k
-            for k in list(reserved)
-            if (t := self.tasks.get(k)) is not None and queued_for(t, name)
-        )
-        active = len((holders | reserved) - {key})
+        reserved = self._live_reservations(name)
         if key in holders:
             return GroupView(name=name, obj=group, state=state, unplaceable=unplaceable)
-        queue = sorted(
-            (
-                t
-                for t in self.tasks.objects.values()
-                if queued_for(t, name) and obj_key(t) not in reserved
-            ),
-            key=_waiting_since,
-        )
-        position = next((i + 1 for i, t in enumerate(queue) if obj_key(t) == key), len(queue) + 1)
+        active = len((holders | reserved) - {key})
         free = int(quota) - active
+        placed = self._entries.get(key)
+        queue = self._queues.get(name)
+        if placed is None or placed[0] != name or queue is None:
+            position = len(queue or ()) + 1  # Not queued (yet): behind everyone.
+        else:
+            ahead = queue.index(placed[1])
+            ahead -= sum(
+                1
+                for k in reserved
+                if (p := self._entries.get(k)) is not None and p[0] == name and p[1] < placed[1]
+            )
+            position = ahead + 1
         admits = key in reserved or position <= free
         if admits:
             reserved.add(key)
@@ -215,12 +333,13 @@ class GroupBook:
 GROUP_FINALIZER = "simtask.dev/machinegroup"
 
 
-def group_status(group: Obj, nodes: list[Obj], tasks: list[Obj], now: datetime) -> dict[str, Any]:
-    """The status of a MachineGroup from its nodes and the tasks placed on it (pure)."""
+def group_status(
+    group: Obj, nodes: list[Obj], *, running: int, queued: int, now: datetime
+) -> dict[str, Any]:
+    """The status of a MachineGroup from its nodes and the counts of its tasks (pure)."""
     spec = group.get("spec") or {}
     meta = group.get("metadata") or {}
     old = dict(group.get("status") or {})
-    name = str(meta.get("name"))
     state = group_state(group, now)
     members = [n for n in nodes if selects(n, spec.get("nodeSelector") or {})]
     ready = [n for n in members if node_ready(n)]
@@ -232,13 +351,6 @@ def group_status(group: Obj, nodes: list[Obj], tasks: list[Obj], now: datetime) 
         else bool(members)
         and all(is_spot_node((n.get("metadata") or {}).get("labels") or {}) for n in members)
     )
-    running = sum(
-        1
-        for t in tasks
-        if (t.get("status") or {}).get("machineGroup") == name
-        and parse_phase((t.get("status") or {}).get("phase")) in RUNNING
-    )
-    queued = sum(1 for t in tasks if queued_for(t, name))
     phase = {"Active": "Active", "Expired": "Expired"}.get(state, "Terminated")
     status: dict[str, Any] = {
         "phase": phase,

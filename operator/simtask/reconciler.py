@@ -91,6 +91,9 @@ class ActionFailed(Exception):
         self.message = message
 
 
+#: How long queue positions may lag behind the queue: one refresh of a group's waiting
+#: tasks at most this often, instead of a pass of every one on every move of the queue.
+POSITION_REFRESH = 2.0
 #: Failures in a row of the same task after which its status shows the error (Stalled).
 STALL_AFTER = 3
 #: A pod bound to a node the cache does not have is taken as lost once it has been bound at
@@ -135,7 +138,7 @@ class Controller:
         self.failures: dict[Key, tuple[str, str, str]] = {}
         #: Nodes seen deleted, with when (monotonic).
         self.deleted_nodes: dict[str, float] = {}
-        self.tasks = Store({"uid": lambda o: [obj_uid(o)]})
+        self.tasks = Store()
         self.groups = Store()
         self.jobs = Store({"task": _task_uid})
         self.pods = Store({"task": _task_uid, "node": _node_name})
@@ -183,6 +186,8 @@ class Controller:
             ),
         ]
         self.synced = asyncio.Event()
+        #: Groups whose queued tasks will look at their queue positions again soon.
+        self._position_refresh: dict[str, asyncio.TimerHandle] = {}
 
     # -- lifecycle
 
@@ -237,6 +242,8 @@ class Controller:
             self.failures.pop(key, None)
             self.rejected.pop(key, None)
             return
+        if prev is not None and _same_version(prev, body):
+            return  # The echo of our own status write: the pass that wrote it saw all this.
         self.queue.add(key)
 
     def _on_group(self, etype: str, body: Obj, prev: Obj | None) -> None:
@@ -268,9 +275,23 @@ class Controller:
                 self.queue.add(key)
         group = ((obj.get("metadata") or {}).get("labels") or {}).get(names.LABEL_MACHINE_GROUP)
         if group and obj.get("kind") == "Job" and (etype == "DELETED" or job_finished(obj)):
-            # A finished Job frees a slot of its group: the queued tasks look again.
-            for key in self.book.waiting_tasks(group):
-                self.queue.add(key)
+            self._admit_next(group)
+
+    def _admit_next(self, group: str) -> None:
+        """A slot of `group` may be free: as many queued tasks as there are free slots look
+        again now; the others' queue positions are refreshed a little later, all at once."""
+        for key in self.book.next_in_line(group):
+            self.queue.add(key)
+        if group not in self._position_refresh:
+            loop = asyncio.get_running_loop()
+            self._position_refresh[group] = loop.call_later(
+                POSITION_REFRESH, self._refresh_positions, group
+            )
+
+    def _refresh_positions(self, group: str) -> None:
+        self._position_refresh.pop(group, None)
+        for key in self.book.stale_positions(group):
+            self.queue.add(key)
 
     def _on_node(self, etype: str, obj: Obj, prev: Obj | None) -> None:
         name = str((obj.get("metadata") or {}).get("name"))
@@ -445,10 +466,7 @@ class Controller:
         if group is not None and (decision.transitions or decision.actions):
             self.group_queue.add(group.name)
             if group.obj is not None and (group.obj.get("spec") or {}).get("maxConcurrentTasks"):
-                # A slot may have freed or the queue moved: the tasks waiting look again.
-                for other in self.book.waiting_tasks(group.name):
-                    if other != key:
-                        self.queue.add(other)
+                self._admit_next(group.name)
         self._observe_metrics(task, decision, group)
         if decision.requeue_after is not None:
             self.queue.add_after(key, decision.requeue_after)
@@ -656,6 +674,11 @@ class Controller:
                     metrics.RUN_DURATION.labels(group_name, str(t.to_phase)).observe(
                         max((t.time - started).total_seconds(), 0)
                     )
+
+
+def _same_version(a: Obj, b: Obj) -> bool:
+    rv = (a.get("metadata") or {}).get("resourceVersion")
+    return bool(rv) and rv == (b.get("metadata") or {}).get("resourceVersion")
 
 
 def _controller_of(obj: Obj) -> dict[str, Any] | None:
