@@ -18,7 +18,7 @@ from simtask.lifecycle import (
 
 # The contract written out a second time, by hand, as "from -> to" lines.
 ALLOWED_TEXT = """
-None -> PendingInput, Held, Submitted
+None -> PendingInput, Held, Submitted, PendingKilled
 PendingInput -> Held, Submitted, PendingKilled, Zombie
 Held -> PendingInput, Submitted, PendingKilled, Zombie
 Submitted -> PendingInput, Held, Started, Failed, PendingKilled, Zombie
@@ -69,36 +69,60 @@ def test_cell(source: Phase | None, target: Phase) -> None:
             check_transition(source, target)
 
 
-def test_kill_is_honoured_from_every_non_terminal_phase() -> None:
-    for phase in Phase:
-        if not is_terminal(phase, resubmission_follows=True) and phase not in (
-            Phase.PENDING_KILLED,
-        ):
-            assert can_transition(phase, Phase.PENDING_KILLED), phase
+# SPEC §3 written out by hand, independently of is_terminal() and the table: the phases a
+# task ends in, the preemptions that end it only when no resubmission follows, and the rest.
+ALWAYS_TERMINAL = {
+    Phase.SUCCESS,
+    Phase.FAILED,
+    Phase.KILLED,
+    Phase.ZOMBIE,
+    Phase.EXECUTOR_TERMINATED_BY_USER,
+    Phase.EXECUTOR_TERMINATED_TTL_EXCEEDED,
+    Phase.EXECUTOR_FAILED,
+    Phase.TTL_EXCEEDED,
+}
+TERMINAL_UNLESS_RESUBMITTED = {Phase.SPOT_PREEMPTED, Phase.EXECUTOR_TERMINATED}
+NEVER_TERMINAL = {
+    Phase.PENDING_INPUT,
+    Phase.HELD,
+    Phase.SUBMITTED,
+    Phase.STARTED,
+    Phase.COMPUTATION_STARTED,
+    Phase.COMPUTATION_ENDED,
+    Phase.PENDING_KILLED,
+}
 
 
-def test_retry_restarts_every_terminal_phase_but_success() -> None:
-    for phase in Phase:
-        if is_terminal(phase):
-            assert can_transition(phase, Phase.SUBMITTED) is (phase != Phase.SUCCESS), phase
+def test_hand_written_phase_lists_cover_every_phase_once() -> None:
+    lists = [ALWAYS_TERMINAL, TERMINAL_UNLESS_RESUBMITTED, NEVER_TERMINAL]
+    assert sorted(p for group in lists for p in group) == sorted(Phase)
 
 
-@pytest.mark.parametrize(
-    ("phase", "follows", "terminal"),
-    [
-        (Phase.SUCCESS, False, True),
-        (Phase.FAILED, True, True),
-        (Phase.SPOT_PREEMPTED, True, False),
-        (Phase.SPOT_PREEMPTED, False, True),
-        (Phase.EXECUTOR_TERMINATED, True, False),
-        (Phase.EXECUTOR_TERMINATED, False, True),
-        (Phase.COMPUTATION_STARTED, False, False),
-        (Phase.PENDING_KILLED, False, False),
-        (None, False, False),
-    ],
-)
-def test_is_terminal(phase: Phase | None, follows: bool, terminal: bool) -> None:
-    assert is_terminal(phase, resubmission_follows=follows) is terminal
+# Non-terminal, so a kill is honoured: everything but a kill in progress, and a preemption
+# waiting for its resubmission.
+KILLABLE = sorted((NEVER_TERMINAL - {Phase.PENDING_KILLED}) | TERMINAL_UNLESS_RESUBMITTED)
+
+
+@pytest.mark.parametrize("phase", KILLABLE)
+def test_kill_is_honoured_from_every_non_terminal_phase(phase: Phase) -> None:
+    assert can_transition(phase, Phase.PENDING_KILLED)
+
+
+@pytest.mark.parametrize("phase", sorted(ALWAYS_TERMINAL))
+def test_kill_is_refused_once_terminal(phase: Phase) -> None:
+    assert not can_transition(phase, Phase.PENDING_KILLED)
+
+
+@pytest.mark.parametrize("phase", sorted(ALWAYS_TERMINAL | TERMINAL_UNLESS_RESUBMITTED))
+def test_retry_restarts_every_terminal_phase_but_success(phase: Phase) -> None:
+    assert can_transition(phase, Phase.SUBMITTED) is (phase != Phase.SUCCESS)
+
+
+@pytest.mark.parametrize("follows", [False, True], ids=["final", "resubmission-follows"])
+@pytest.mark.parametrize("phase", [None, *Phase])
+def test_is_terminal(phase: Phase | None, follows: bool) -> None:
+    expected = phase in ALWAYS_TERMINAL or (phase in TERMINAL_UNLESS_RESUBMITTED and not follows)
+    assert is_terminal(phase, resubmission_follows=follows) is expected
 
 
 def test_parse_phase() -> None:
