@@ -82,6 +82,7 @@ class OperatorProcess:
         self.workers = workers
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
         self.started_in: float | None = None
 
     def command(self) -> list[str]:
@@ -115,6 +116,18 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
         )
+        profile = os.environ.get("SIMTASK_BENCH_PROFILE")
+        if profile:
+            # py-spy samples the whole run (start-up included) into collapsed stacks, for
+            # bench/flame.py to fold into the heaviest frames.
+            out = Path(profile) / f"{self.log_path.stem}.folded"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.profiler = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(self.proc.pid), "--rate", "50",
+                 "--format", "raw", "--output", str(out), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                executable=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+            )  # fmt: skip
         deadline = t0 + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -164,6 +177,8 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=30)
+        if self.profiler is not None:
+            self.profiler.wait(timeout=60)  # It writes its file once the operator is gone.
 
     def log_problems(self, limit: int = 12) -> dict[str, object]:
         """WARNING/ERROR lines of its log: how many, and the first distinct ones."""

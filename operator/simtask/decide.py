@@ -6,7 +6,6 @@ Pure: no I/O, no clock (`now` is an argument). The reconciler gathers an `Observ
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -174,10 +173,12 @@ class _Pass:
         self.now = now
         self.task = obs.task
         self.spec: Mapping[str, Any] = obs.task.get("spec") or {}
-        self.old_status: dict[str, Any] = copy.deepcopy(dict(obs.task.get("status") or {}))
-        self.status = copy.deepcopy(self.old_status)
-        self.status.setdefault("history", [])
-        self.status.setdefault("attempts", [])
+        self.old_status: Mapping[str, Any] = obs.task.get("status") or {}
+        # A copy of the lists and the top level is enough: entries are replaced, never
+        # changed in place, so the task in the cache is never touched.
+        self.status: dict[str, Any] = dict(self.old_status)
+        self.status["history"] = list(self.old_status.get("history") or [])
+        self.status["attempts"] = list(self.old_status.get("attempts") or [])
         self.phase = parse_phase(self.status.get("phase"))
         self.attempt = int(self.status.get("attempt") or 0)
         self.decision = Decision(status=self.status)

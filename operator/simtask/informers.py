@@ -11,7 +11,6 @@ bring it back, and objects are trimmed of the fields the operator never reads.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -19,6 +18,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import aiohttp
+import orjson
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class Informer:
             if cont:
                 params["continue"] = cont
             async with await self.request(self.path, params, None) as resp:
-                body = await resp.json(loads=json.loads)
+                body = orjson.loads(await resp.read())
             if resp.status != 200:
                 if resp.status == 410:
                     cont = ""  # The continue token expired: start the list over.
@@ -333,7 +333,7 @@ class Informer:
                     return
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                event = orjson.loads(line)
                 etype = event.get("type")
                 obj: Obj = event.get("object") or {}
                 if etype == "ERROR":

@@ -1,15 +1,18 @@
 """A thin JSON client over kubernetes_asyncio: plain dicts in and out, errors with their HTTP code.
 
-kubernetes_asyncio loads the credentials (kubeconfig or in-cluster, with token refresh);
-requests bypass its model classes, since the operator works on the API's JSON as it is.
+kubernetes_asyncio loads the credentials (kubeconfig or in-cluster, with token refresh) and
+owns the connection pool; requests go straight to its aiohttp session with bodies encoded
+and answers decoded by orjson, bypassing its model classes and its recursive body
+sanitising, since the operator works on the API's JSON as it is.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
+import orjson
 from kubernetes_asyncio import client, config
 
 from simtask import metrics
@@ -46,10 +49,10 @@ class Kube:
     def __init__(self, api: client.ApiClient, request_timeout: float = 30.0) -> None:
         self.api = api
         self.request_timeout = request_timeout
-        session = api.rest_client.pool_manager
+        self.session: aiohttp.ClientSession = api.rest_client.pool_manager
         # Credentials come from the kubeconfig or the service account, never from ~/.netrc
         # or proxy variables: trusting the environment re-reads ~/.netrc on every request.
-        session._trust_env = False
+        self.session._trust_env = False
 
     async def raw(
         self,
@@ -62,16 +65,22 @@ class Kube:
     ) -> aiohttp.ClientResponse:
         """The raw response (for watches): the caller reads and releases it."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        resp: aiohttp.ClientResponse = await self.api.call_api(
-            path,
-            method,
-            query_params=list((params or {}).items()),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=timeout,
-        )
+        query: list[tuple[str, str]] = list((params or {}).items())
+        # The bearer token, refreshed by kubernetes_asyncio when it comes from a file or a
+        # plugin; client certificates are in the session's SSL context.
+        await self.api.update_params_for_auth(headers, query, ["BearerToken"])
+        url = str(self.api.configuration.host) + path
+        if query:
+            url += "?" + urlencode(query)
+        if isinstance(timeout, (int, float)):
+            timeout = aiohttp.ClientTimeout(total=timeout)
+        kwargs: dict[str, Any] = {"headers": headers, "timeout": timeout or aiohttp.ClientTimeout()}
+        if body is not None:
+            kwargs["data"] = orjson.dumps(body)
+        server_hostname = self.api.configuration.tls_server_name
+        if server_hostname:
+            kwargs["server_hostname"] = server_hostname
+        resp: aiohttp.ClientResponse = await self.session.request(method, url, **kwargs)
         return resp
 
     async def request(
@@ -89,15 +98,18 @@ class Kube:
         async with await self.raw(
             method, path, params, body, content_type, timeout or self.request_timeout
         ) as resp:
-            text = await resp.text()
-        data: Obj = json.loads(text) if text else {}
+            raw = await resp.read()
+        try:
+            data: Obj = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            data = {"message": raw.decode(errors="replace")[:500]}
         if resp.status >= 300:
             metrics.API_ERRORS.labels(method.lower(), resource, str(resp.status)).inc()
             causes = tuple(
                 str(c.get("reason")) for c in (data.get("details") or {}).get("causes") or ()
             )
             raise ApiError(
-                resp.status, str(data.get("reason", "")), str(data.get("message", text)), causes
+                resp.status, str(data.get("reason", "")), str(data.get("message", "")), causes
             )
         return data
 

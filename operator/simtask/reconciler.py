@@ -24,6 +24,7 @@ from simtask.decide import (
     GroupView,
     Observed,
     SuspendJob,
+    Transition,
     decide,
     job_finished,
 )
@@ -41,6 +42,11 @@ TASKS_PATH = f"/apis/{GROUP}/{VERSION}"
 
 #: Transitions whose Event is a Warning: ways a task or attempt ends that the user did not ask for.
 _WARNING_PHASES = (ALWAYS_TERMINAL | PREEMPTED) - {Phase.SUCCESS, Phase.KILLED}
+
+#: Moves every run makes: no Event of their own.
+_ROUTINE_PHASES = frozenset(
+    {Phase.STARTED, Phase.COMPUTATION_STARTED, Phase.COMPUTATION_ENDED, Phase.PENDING_KILLED}
+)
 
 #: The object an input names: its kind, and its resource in the core API.
 _INPUT_OBJECTS: dict[str, tuple[str, str]] = {
@@ -91,6 +97,8 @@ class ActionFailed(Exception):
         self.message = message
 
 
+#: How often at most a MachineGroup's status follows its tasks' moves.
+GROUP_STATUS_EVERY = 1.0
 #: How long queue positions may lag behind the queue: one refresh of a group's waiting
 #: tasks at most this often, instead of a pass of every one on every move of the queue.
 POSITION_REFRESH = 2.0
@@ -272,7 +280,9 @@ class Controller:
         for uid in _task_uid(obj):
             key = self._task_key_for_uid(uid)
             if key is not None:
-                self.queue.add(key)
+                # What a running task's pod or Job shows goes before new tasks: a burst of
+                # submissions must not hold back the status of tasks already running.
+                self.queue.add(key, urgent=True)
         group = ((obj.get("metadata") or {}).get("labels") or {}).get(names.LABEL_MACHINE_GROUP)
         if group and obj.get("kind") == "Job" and (etype == "DELETED" or job_finished(obj)):
             self._admit_next(group)
@@ -464,7 +474,8 @@ class Controller:
             self.rejected.pop(key, None)
         await self._act(task, decision)
         if group is not None and (decision.transitions or decision.actions):
-            self.group_queue.add(group.name)
+            # Its counts: once a second at most, however many of its tasks move.
+            self.group_queue.add_after(group.name, GROUP_STATUS_EVERY)
             if group.obj is not None and (group.obj.get("spec") or {}).get("maxConcurrentTasks"):
                 self._admit_next(group.name)
         self._observe_metrics(task, decision, group)
@@ -505,7 +516,9 @@ class Controller:
         new = decision.status
         if new == old:
             return True
-        patch_status: dict[str, Any] = dict(new)
+        # Only the fields that changed: a merge patch replaces each one whole, and the
+        # history, attempts and conditions need not travel when they did not move.
+        patch_status: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
         for gone in set(old) - set(new):
             patch_status[gone] = None
         meta = task["metadata"]
@@ -525,7 +538,8 @@ class Controller:
             raise
         self.tasks.apply_write(updated)
         for t in decision.transitions:
-            await self._event(updated, t.to_phase, t.reason, t.message)
+            if _tells_the_user(t):
+                await self._event(updated, t.to_phase, t.reason, t.message)
         return True
 
     async def _act(self, task: Obj, decision: Decision) -> None:
@@ -674,6 +688,15 @@ class Controller:
                     metrics.RUN_DURATION.labels(group_name, str(t.to_phase)).observe(
                         max((t.time - started).total_seconds(), 0)
                     )
+
+
+def _tells_the_user(t: Transition) -> bool:
+    """Whether a move is worth an Event: not the steps of every run (queued, bound, running,
+    exited 0, being killed), which status.history and the pod's own events already tell,
+    but how a task ends, every loss, hold, release, retry, resubmission and missing input."""
+    if t.to_phase in _ROUTINE_PHASES:
+        return False
+    return not (t.to_phase == Phase.SUBMITTED and t.reason == "Submitted")
 
 
 def _same_version(a: Obj, b: Obj) -> bool:

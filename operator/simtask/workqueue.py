@@ -3,13 +3,15 @@
 A key is processed by one worker at a time; a key added while it is processed is processed
 again afterwards (the dirty set); a key added many times while it waits is processed once;
 a key that keeps failing waits longer each time (per-key exponential backoff with a cap)
-until it succeeds. Depth, wait and failures are reported to the optional `QueueMetrics`.
+until it succeeds. Keys added as urgent are handed out before the others, in order. Depth
+and wait are reported to the optional `QueueMetrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Hashable
 from typing import Protocol
 
@@ -32,9 +34,13 @@ class WorkQueue:
         max_delay: float = 120.0,
         metrics: QueueMetrics | None = None,
     ) -> None:
-        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
+        self._urgent: deque[Hashable] = deque()
+        self._normal: deque[Hashable] = deque()
+        #: One release per key put in a deque (a key may be in both: the first taken wins).
+        self._ready = asyncio.Semaphore(0)
         #: Keys in the queue, with when they were added (for the wait metric).
         self._waiting: dict[Hashable, float] = {}
+        self._dirty_urgent: set[Hashable] = set()
         self._active: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
@@ -43,15 +49,23 @@ class WorkQueue:
         self.max_delay = max_delay
         self.metrics = metrics
 
-    def add(self, key: Hashable) -> None:
-        """Process `key` soon (once, however often it is added before that)."""
+    def add(self, key: Hashable, *, urgent: bool = False) -> None:
+        """Process `key` soon (once, however often it is added before that); an urgent key
+        goes before the others, even if it was already waiting among them."""
         if key in self._active:
             self._dirty.add(key)
-        elif key not in self._waiting:
+            if urgent:
+                self._dirty_urgent.add(key)
+            return
+        if key not in self._waiting:
             self._waiting[key] = time.monotonic()
-            self._queue.put_nowait(key)
+            (self._urgent if urgent else self._normal).append(key)
+            self._ready.release()
             if self.metrics is not None:
                 self.metrics.depth(len(self._waiting))
+        elif urgent:
+            self._urgent.append(key)  # Also still in the normal line: taken once, here.
+            self._ready.release()
 
     def add_after(self, key: Hashable, seconds: float) -> None:
         """Process `key` after `seconds` (the earliest of several such requests wins)."""
@@ -90,7 +104,11 @@ class WorkQueue:
 
     async def get(self) -> Hashable:
         """The next key to process; call done(key) when finished."""
-        key = await self._queue.get()
+        while True:
+            await self._ready.acquire()
+            key = self._urgent.popleft() if self._urgent else self._normal.popleft()
+            if key in self._waiting:
+                break  # Else: a second entry of a key already taken.
         added = self._waiting.pop(key)
         self._active.add(key)
         if self.metrics is not None:
@@ -103,7 +121,9 @@ class WorkQueue:
         self._active.discard(key)
         if key in self._dirty:
             self._dirty.discard(key)
-            self.add(key)
+            urgent = key in self._dirty_urgent
+            self._dirty_urgent.discard(key)
+            self.add(key, urgent=urgent)
 
     def forget(self, key: Hashable) -> None:
         """The object is gone: drop its timer and its failure count."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from simtask.decide import (
@@ -26,8 +27,11 @@ def fresh(**spec: Any) -> Obj:
 
 
 def settle(obs: Observed, seconds: float) -> tuple[Obj, Any]:
-    """decide() once, then again on its own output: the second pass must change nothing."""
+    """decide() once, then again on its own output: the second pass must change nothing.
+    Neither pass may change what it was given (the task is the cache's own object)."""
+    given = copy.deepcopy(obs.task)
     first = decide(obs, f.at(seconds))
+    assert obs.task == given, "decide changed the task it was given"
     task = {**obs.task, "status": first.status}
     again = decide(Observed(**{**obs.__dict__, "task": task}), f.at(seconds))
     assert again.transitions == [], [t.to_phase for t in again.transitions]

@@ -111,8 +111,8 @@ class FakeResponse:
         self.body = body
         self.content = content
 
-    async def json(self, loads: Any = json.loads) -> Obj:
-        return self.body or {}
+    async def read(self) -> bytes:
+        return json.dumps(self.body or {}).encode()
 
     async def __aenter__(self) -> FakeResponse:
         return self

@@ -139,3 +139,34 @@ def test_depth_and_wait_are_reported() -> None:
         assert len(rec.waits) == 1 and rec.waits[0] >= 0.005
 
     run(main())
+
+
+def test_urgent_keys_go_first_and_are_taken_once() -> None:
+    async def main() -> None:
+        q = WorkQueue()
+        for key in ("new-1", "new-2", "running"):
+            q.add(key)
+        q.add("pod-event", urgent=True)
+        q.add("running", urgent=True)  # Already waiting: promoted, not duplicated.
+        assert len(q) == 4
+        order = [await q.get() for _ in range(4)]
+        assert order == ["pod-event", "running", "new-1", "new-2"]
+        assert len(q) == 0
+        # The stale second entry of "running" is skipped, not handed out again.
+        q.add("later")
+        assert await asyncio.wait_for(q.get(), timeout=1) == "later"
+
+    run(main())
+
+
+def test_an_urgent_add_while_processing_stays_urgent() -> None:
+    async def main() -> None:
+        q = WorkQueue()
+        q.add("a")
+        key = await q.get()
+        q.add("b")
+        q.add("a", urgent=True)
+        q.done(key)
+        assert [await q.get() for _ in range(2)] == ["a", "b"]
+
+    run(main())
