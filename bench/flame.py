@@ -13,7 +13,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-IDLE = ("select (selectors.py", "_run_once (asyncio/base_events.py")
+#: The event loop waiting for I/O: idle, though py-spy samples it.
+IDLE = "(selectors.py:"
 
 
 def fold(path: Path, *, idle: bool) -> tuple[int, Counter[str], Counter[str]]:
@@ -23,7 +24,7 @@ def fold(path: Path, *, idle: bool) -> tuple[int, Counter[str], Counter[str]]:
         frames = [f for f in stack.split(";") if f]
         if not frames or not count.isdigit():
             continue
-        if not idle and frames[-1].startswith(IDLE[0]):
+        if not idle and IDLE in frames[-1]:
             continue
         n = int(count)
         total += n

@@ -3,7 +3,8 @@
 A key is processed by one worker at a time; a key added while it is processed is processed
 again afterwards (the dirty set); a key added many times while it waits is processed once;
 a key that keeps failing waits longer each time (per-key exponential backoff with a cap)
-until it succeeds. Keys added as urgent are handed out before the others, in order. Depth
+until it succeeds. Keys added as urgent go first, alternating with the others while both
+wait, so neither starves. Depth
 and wait are reported to the optional `QueueMetrics`.
 """
 
@@ -41,6 +42,7 @@ class WorkQueue:
         #: Keys in the queue, with when they were added (for the wait metric).
         self._waiting: dict[Hashable, float] = {}
         self._dirty_urgent: set[Hashable] = set()
+        self._last_urgent = False
         self._active: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
@@ -106,7 +108,10 @@ class WorkQueue:
         """The next key to process; call done(key) when finished."""
         while True:
             await self._ready.acquire()
-            key = self._urgent.popleft() if self._urgent else self._normal.popleft()
+            # Urgent first, but never two in a row while others wait: neither line starves.
+            take_urgent = bool(self._urgent) and (not self._normal or not self._last_urgent)
+            key = self._urgent.popleft() if take_urgent else self._normal.popleft()
+            self._last_urgent = take_urgent
             if key in self._waiting:
                 break  # Else: a second entry of a key already taken.
         added = self._waiting.pop(key)
