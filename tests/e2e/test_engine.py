@@ -406,3 +406,39 @@ def test_a_quota_refusing_the_job_shows_until_it_is_lifted(
     conds = {c["type"]: c["status"] for c in task["status"]["conditions"]}
     assert conds["Stalled"] == "False"
     print(json.dumps(task["status"]["history"], indent=1)[:200])
+
+
+@pytest.mark.operator_errors
+def test_a_job_of_the_same_name_but_another_owner_is_reported_not_adopted(
+    namespace: str,
+) -> None:
+    squatter = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "taken-a1"},
+        "spec": {
+            "suspend": True,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "other", "image": "ghcr.io/example/other:1"}],
+                }
+            },
+        },
+    }
+    kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(squatter))
+    apply(namespace, task_manifest("taken", duration="1s"))
+
+    def stalled() -> dict[str, Any] | None:
+        status = get(namespace, "taken").get("status") or {}
+        conds = {c["type"]: c for c in status.get("conditions") or []}
+        return status if conds.get("Stalled", {}).get("status") == "True" else None
+
+    status = eventually(stalled, timeout=HEADROOM, what="Stalled: the Job name is taken")
+    assert status["reason"] == "JobNameTaken" and "taken-a1" in status["message"], status
+    job = kubectl_json("get", "job", "taken-a1", "-n", namespace)
+    assert not job["metadata"].get("ownerReferences"), "the operator adopted a Job not its own"
+    assert job["spec"]["template"]["spec"]["containers"][0]["name"] == "other"
+    # Its owner removes it: the task runs.
+    kubectl("delete", "job", "taken-a1", "-n", namespace, "--wait=true")
+    wait_phase(namespace, "taken", "Success", timeout=HEADROOM * 4)
