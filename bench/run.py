@@ -5,6 +5,8 @@
     python bench/run.py --small                  # 50 + 50, 50 spot tasks: for a busy machine
     python bench/run.py --scenario lifecycle     # only tasks vs plain Jobs
     python bench/run.py --scenario preemption    # only the spot reclaim
+    python bench/run.py --scenario lifecycle --tasks 10000 --in-flight 1000 --duration 5s
+                                                 # scale: 10,000 tasks, 1,000 running at once
 
 The cluster is the testbed's (TESTBED_DIR and the TESTBED_*_PORT variables, as hack/testbed
 reads them); it is started, or grown, with enough nodes. The benchmark starts and stops its
@@ -67,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="hack/testbed --scale (default: enough nodes for every pod at once)",
     )
     p.add_argument(
+        "--in-flight",
+        type=int,
+        help="size the cluster for this many lifecycle pods at once (the rest wait for room, "
+        "as on a busy cluster); default: all of them",
+    )
+    p.add_argument(
         "--no-testbed-up",
         action="store_true",
         help="use the running testbed as it is (do not start or grow it)",
@@ -98,7 +106,8 @@ def needed_scale(args: argparse.Namespace) -> int:
     the two thirds of cpu-spot that survive the reclaim."""
     scale = 1
     if args.scenario in ("all", "lifecycle"):
-        scale = max(scale, math.ceil(args.tasks / (POOL_NODES * PODS_PER_NODE)))
+        at_once = min(args.in_flight or args.tasks, args.tasks)
+        scale = max(scale, math.ceil(at_once / (POOL_NODES * PODS_PER_NODE)))
     if args.scenario in ("all", "preemption"):
         scale = max(scale, math.ceil(args.spot_tasks / (2 * PODS_PER_NODE)))
     return scale

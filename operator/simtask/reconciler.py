@@ -114,6 +114,32 @@ def _event_job_uid(obj: Obj) -> list[Hashable]:
     return [uid] if uid else []
 
 
+def _containers_resources(spec: Obj) -> list[Obj]:
+    return [
+        {"name": c.get("name"), "resources": c.get("resources") or {}}
+        for c in spec.get("containers") or ()
+    ]
+
+
+def _trim_pod(pod: Obj) -> None:
+    """A pod as podstate reads it: metadata, status, and of the spec only where it runs and
+    its containers' names and resources (the volumes, env and commands are the Job's)."""
+    trim_metadata(pod)
+    spec = pod.get("spec") or {}
+    kept = {k: spec[k] for k in ("nodeName", "terminationGracePeriodSeconds") if k in spec}
+    pod["spec"] = {**kept, "containers": _containers_resources(spec)}
+
+
+def _trim_job(job: Obj) -> None:
+    """A Job as the operator reads it: metadata, status, suspend, and its template's
+    containers' names and resources (for compute seconds)."""
+    trim_metadata(job)
+    spec = job.get("spec") or {}
+    template = (spec.get("template") or {}).get("spec") or {}
+    kept = {k: spec[k] for k in ("suspend", "activeDeadlineSeconds") if k in spec}
+    job["spec"] = {**kept, "template": {"spec": {"containers": _containers_resources(template)}}}
+
+
 def _trim_node(node: Obj) -> None:
     trim_metadata(node)
     status = node.get("status") or {}
@@ -180,9 +206,21 @@ class Controller:
             informer("simulationtasks", f"{TASKS_PATH}/simulationtasks", self.tasks, self._on_task),
             informer("machinegroups", f"{TASKS_PATH}/machinegroups", self.groups, self._on_group),
             informer(
-                "jobs", "/apis/batch/v1/jobs", self.jobs, self._on_owned, label_selector=owned
+                "jobs",
+                "/apis/batch/v1/jobs",
+                self.jobs,
+                self._on_owned,
+                label_selector=owned,
+                trim=_trim_job,
             ),
-            informer("pods", "/api/v1/pods", self.pods, self._on_owned, label_selector=owned),
+            informer(
+                "pods",
+                "/api/v1/pods",
+                self.pods,
+                self._on_owned,
+                label_selector=owned,
+                trim=_trim_pod,
+            ),
             informer("nodes", "/api/v1/nodes", self.nodes, self._on_node, trim=_trim_node),
             # Why a Job cannot create its pod is only told in its events.
             informer(
