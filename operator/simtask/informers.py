@@ -211,8 +211,8 @@ class Informer:
         field_selector: str | None = None,
         listeners: list[Listener] | None = None,
         trim: Trimmer = trim_metadata,
-        watch_timeout: int = 290,
-        read_timeout: float = 90.0,
+        watch_timeout: int = 216,
+        read_timeout: float = 270.0,
         on_restart: Callable[[str, str], None] | None = None,
     ) -> None:
         self.resource = resource
@@ -225,7 +225,7 @@ class Informer:
         self.trim = trim
         #: Asked of the server: it ends the watch after this long (we then resume it).
         self.watch_timeout = watch_timeout
-        #: Bookmarks arrive about once a minute; silence longer than this is a dead watch.
+        #: Longer than watch_timeout: a healthy server has ended the watch before this.
         self.read_timeout = read_timeout
         self.on_restart = on_restart
         self.synced = asyncio.Event()

@@ -85,9 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--watch-read-timeout",
         type=float,
-        default=_env_float("SIMTASK_WATCH_READ_TIMEOUT", 90.0),
-        help="a watch that sends nothing (not even a bookmark) for this many seconds is "
-        "taken as dead and started again",
+        default=_env_float("SIMTASK_WATCH_READ_TIMEOUT", 270.0),
+        help="a watch that sends nothing for this many seconds is taken as dead (a half-open "
+        "connection) and started again; the server is asked to end each watch after 80%% of "
+        "it, so a healthy watch never stays silent that long",
     )
     parser.add_argument("--log-level", default=os.environ.get("SIMTASK_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)

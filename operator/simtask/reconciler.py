@@ -160,8 +160,7 @@ class Controller:
         kube: Kube,
         *,
         workers: int = 8,
-        read_timeout: float = 90.0,
-        watch_timeout: int = 290,
+        read_timeout: float = 270.0,
     ) -> None:
         self.kube = kube
         self.queue = WorkQueue(metrics=metrics.QueueMetrics("SimulationTask"))
@@ -197,7 +196,10 @@ class Controller:
                 listeners=[listener],
                 on_restart=restart,
                 read_timeout=read_timeout,
-                watch_timeout=watch_timeout,
+                # The API server ends a watch after this (the informer resumes it), so only
+                # a dead connection is silent for the whole read timeout: bookmarks alone
+                # do not come often enough to count on.
+                watch_timeout=max(int(read_timeout * 0.8), 1),
                 **kw,
             )
 
