@@ -614,8 +614,12 @@ def _finish_status(p: _Pass) -> None:
         status.pop("duration", None)
     generation = int((p.task.get("metadata") or {}).get("generation") or 0)
     status["observedGeneration"] = generation
-    if phase is not None and not terminal and p.phase in RUNNING:
+    # A queue position only while waiting for a slot, a next attempt's time only while
+    # waiting for it: a task killed in either wait shows neither.
+    if terminal or phase not in (None, Phase.SUBMITTED):
         status.pop("queuePosition", None)
+    if terminal or phase not in PREEMPTED:
+        status.pop("nextAttemptTime", None)
 
     stalled = p.obs.stalled if not terminal else None
     if stalled is not None:

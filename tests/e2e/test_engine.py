@@ -74,33 +74,36 @@ def test_resubmission_waits_until_the_lost_attempts_pod_is_gone(
         "patch", "pod", pod, "-n", namespace, "--type=json",
         "-p", '[{"op": "add", "path": "/metadata/finalizers/-", "value": "e2e.simtask.dev/hold"}]',
     )  # fmt: skip
-    reclaim(task["status"]["nodeName"])
-    lost = lost_attempt(namespace, "checkpointing", timeout=HEADROOM * 3)
-    assert lost["phase"] == "SpotPreempted"
-    # Well past the resubmission backoff, attempt 2 has not started while the pod is there.
-    waiting = eventually(
-        lambda: (
-            (s := get(namespace, "checkpointing")["status"])
-            .get("message", "")
-            .endswith("has stopped")
-            and s
-        ),
-        timeout=HEADROOM * 2,
-        what="the task says it waits for the old pod",
-    )
-    assert pod in waiting["message"] and waiting["attempt"] == 1
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline:
-        assert [j["metadata"]["name"] for j in jobs_of(namespace, "checkpointing")] == [
-            "checkpointing-a1"
-        ], "attempt 2 started while attempt 1's pod was still there"
-        time.sleep(0.5)
-    kept = kubectl_json("get", "pod", pod, "-n", namespace)["metadata"]["finalizers"]
-    assert "e2e.simtask.dev/hold" in kept
-    kubectl(
-        "patch", "pod", pod, "-n", namespace, "--type=merge", "-p",
-        json.dumps({"metadata": {"finalizers": [f for f in kept if f != "e2e.simtask.dev/hold"]}}),
-    )  # fmt: skip
+    try:
+        reclaim(task["status"]["nodeName"])
+        lost = lost_attempt(namespace, "checkpointing", timeout=HEADROOM * 3)
+        assert lost["phase"] == "SpotPreempted"
+        # Well past the resubmission backoff, attempt 2 has not started while the pod is there.
+        waiting = eventually(
+            lambda: (
+                (s := get(namespace, "checkpointing")["status"])
+                .get("message", "")
+                .endswith("has stopped")
+                and s
+            ),
+            timeout=HEADROOM * 2,
+            what="the task says it waits for the old pod",
+        )
+        assert pod in waiting["message"] and waiting["attempt"] == 1
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            assert [j["metadata"]["name"] for j in jobs_of(namespace, "checkpointing")] == [
+                "checkpointing-a1"
+            ], "attempt 2 started while attempt 1's pod was still there"
+            time.sleep(0.5)
+    finally:
+        # Released whatever happened, or its namespace could never be deleted.
+        kept = kubectl_json("get", "pod", pod, "-n", namespace)["metadata"]["finalizers"]
+        others = [f for f in kept if f != "e2e.simtask.dev/hold"]
+        kubectl(
+            "patch", "pod", pod, "-n", namespace, "--type=merge", "-p",
+            json.dumps({"metadata": {"finalizers": others}}),
+        )  # fmt: skip
     eventually(
         lambda: len(jobs_of(namespace, "checkpointing")) == 2,
         timeout=HEADROOM,

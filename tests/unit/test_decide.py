@@ -389,3 +389,18 @@ def test_a_job_that_cannot_create_its_pod_says_why() -> None:
     )
     assert d.status["phase"] == "Submitted" and d.status["reason"] == "PodCreationFailed"
     assert "no PriorityClass with name urgent" in d.status["message"]
+
+
+def test_a_task_killed_while_waiting_shows_no_position_nor_next_attempt() -> None:
+    _, obs = preempted_task()
+    task, d = settle(obs, 31)
+    assert d.status["nextAttemptTime"]
+    killed = {**task, "spec": {**task["spec"], "kill": True}}
+    d = decide(Observed(**{**obs.__dict__, "task": killed, "jobs": {}, "pods": {}}), f.at(32))
+    assert d.status["phase"] == "Killed"
+    assert "nextAttemptTime" not in d.status and "queuePosition" not in d.status
+    queued = fresh(machineGroup="cpu-spot")
+    queued["status"] = {"phase": "Submitted", "attempt": 1, "queuePosition": 4}
+    queued["spec"]["kill"] = True
+    d = decide(Observed(task=queued, missing_inputs=[]), f.at(1))
+    assert d.status["phase"] == "Killed" and "queuePosition" not in d.status

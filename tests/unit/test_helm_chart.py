@@ -69,7 +69,7 @@ def test_renders_clean_yaml(chart: Chart, values: tuple[str, ...]) -> None:
 
 
 def test_default_objects(chart: Chart) -> None:
-    kinds = sorted(d["kind"] for d in chart.render())
+    kinds = sorted(d["kind"] for d in chart.render("userRoles.enabled=false"))
     assert kinds == sorted(
         [
             "ClusterRole",
@@ -211,9 +211,14 @@ def test_rbac_has_no_wildcards(chart: Chart) -> None:
 
 def test_rbac_equals_design_table(chart: Chart) -> None:
     docs = chart.render()
-    (role,) = [r for r in _roles(docs) if r["kind"] == "ClusterRole"]
+    # The operator's own ClusterRole, named as its ServiceAccount (the others are the users'
+    # roles, tested in test_user_roles.py).
+    name = one(docs, "ServiceAccount")["metadata"]["name"]
+    (role,) = [
+        r for r in _roles(docs) if r["kind"] == "ClusterRole" and r["metadata"]["name"] == name
+    ]
     assert _expand(role["rules"]) == design_rbac()
-    binding = one(docs, "ClusterRoleBinding")
+    (binding,) = [b for b in objects(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == name]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
