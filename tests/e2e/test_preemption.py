@@ -22,6 +22,7 @@ from tests.e2e.tasks import (
     HEADROOM,
     SPOT_TOLERATION,
     apply,
+    entry,
     get,
     history,
     jobs_of,
@@ -89,9 +90,9 @@ def lost_attempt(ns: str, name: str, *, timeout: float = 60) -> dict[str, Any]:
     """Wait until attempt 1 ended without succeeding; return its history entry."""
 
     def probe() -> dict[str, Any] | None:
-        for entry in get(ns, name)["status"].get("history") or []:
-            if entry["attempt"] == 1 and entry["phase"] in LOSS_OR_FAILURE:
-                return dict(entry)
+        for step in get(ns, name)["status"].get("history") or []:
+            if step["attempt"] == 1 and step["phase"] in LOSS_OR_FAILURE:
+                return dict(step)
         return None
 
     try:
@@ -298,15 +299,18 @@ def test_lost_node_resubmits_the_task_which_then_succeeds(
     assert (env["SIMTASK_ATTEMPT"], env["SIMTASK_PREVIOUS_ATTEMPT_PHASE"]) == ("2", LOST[spot])
 
 
+@SPOT_OR_NOT
 @pytest.mark.parametrize(
     "policy",
     [{"maxResubmissions": 0}, {"resubmitOnPreemption": False}],
     ids=["maxResubmissions-0", "resubmitOnPreemption-false"],
 )
-def test_spot_preemption_without_resubmission_ends_the_task(
-    namespace: str, pools: Callable[..., Pool], policy: dict[str, Any]
+def test_a_loss_without_resubmission_ends_the_task(
+    namespace: str, pools: Callable[..., Pool], policy: dict[str, Any], spot: bool
 ) -> None:
-    pool = pools(spot=True, nodes_count=2)
+    """SpotPreempted on spot, ExecutorTerminated on demand: final when no resubmission
+    follows."""
+    pool = pools(spot=spot, nodes_count=2)
     task = run_long_task(namespace, "one-shot", pool, **policy)
     node = task["status"]["nodeName"]
 
@@ -322,15 +326,15 @@ def test_spot_preemption_without_resubmission_ends_the_task(
     )
     task = get(namespace, "one-shot")
     status = task["status"]
-    assert status["phase"] == "SpotPreempted"
+    assert status["phase"] == LOST[spot]
     assert (status["attempt"], status.get("resubmissions", 0)) == (1, 0)
-    assert history(task) == ["Submitted", "Started", "ComputationStarted", "SpotPreempted"]
+    assert history(task) == ["Submitted", "Started", "ComputationStarted", LOST[spot]]
     assert node in status["message"] and "no resubmission" in status["message"]
+    assert entry(task, LOST[spot])["reason"] == "NodeTainted"
     assert condition(task, "Succeeded")["status"] == "False"
     assert "nextAttemptTime" not in status
     assert (
-        status["attempts"][0]["phase"] == "SpotPreempted"
-        and status["attempts"][0]["nodeName"] == node
+        status["attempts"][0]["phase"] == LOST[spot] and status["attempts"][0]["nodeName"] == node
     )
     # No second attempt, and nothing of the lost one keeps running.
     assert "one-shot-a2" not in [j["metadata"]["name"] for j in jobs_of(namespace, "one-shot")]
@@ -340,7 +344,7 @@ def test_spot_preemption_without_resubmission_ends_the_task(
         what="the lost pod removed",
     )
     # kubectl shows where it ended.
-    assert "SpotPreempted" in kubectl("get", "st", "one-shot", "-n", namespace).stdout
+    assert LOST[spot] in kubectl("get", "st", "one-shot", "-n", namespace).stdout
 
 
 @pytest.mark.parametrize(

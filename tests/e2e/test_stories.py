@@ -599,37 +599,6 @@ def test_max_resubmissions_runs_out_after_the_last_allowed_one(
     )
 
 
-@pytest.mark.parametrize(
-    "policy",
-    [{"maxResubmissions": 0}, {"resubmitOnPreemption": False}],
-    ids=["maxResubmissions-0", "resubmitOnPreemption-false"],
-)
-def test_executor_terminated_on_demand_without_resubmission_ends_the_task(
-    namespace: str, pools: Callable[..., Pool], policy: dict[str, Any]
-) -> None:
-    pool = pools(spot=False, nodes_count=1)
-    task = run_long_task(namespace, "one-shot", pool, **policy)
-    node = task["status"]["nodeName"]
-
-    reclaim(node)
-
-    kubectl(
-        "wait", "-n", namespace, "--for=condition=Failed", f"--timeout={3 * HEADROOM:.0f}s",
-        "simtask/one-shot",
-    )  # fmt: skip
-    task = get(namespace, "one-shot")
-    status = task["status"]
-    assert status["phase"] == "ExecutorTerminated"
-    assert history(task) == ["Submitted", "Started", "ComputationStarted", "ExecutorTerminated"]
-    assert (status["attempt"], status.get("resubmissions", 0)) == (1, 0)
-    assert node in status["message"] and "no resubmission" in status["message"]
-    assert entry(task, "ExecutorTerminated")["reason"] == "NodeTainted"
-    assert condition(task, "Succeeded")["status"] == "False"
-    assert "nextAttemptTime" not in status
-    assert job_names(namespace, "one-shot") in ([], ["one-shot-a1"])
-    assert "ExecutorTerminated" in kubectl("get", "st", "one-shot", "-n", namespace).stdout
-
-
 def test_fallback_group_by_default_after_two_spot_preemptions(
     namespace: str, pools: Callable[..., Pool]
 ) -> None:
