@@ -120,7 +120,8 @@ def _task_uid_label(obj: Obj) -> list[Hashable]:
     return [uid] if uid else []
 
 
-_Entry = tuple[str, str, Key]
+#: (submitted at, to the second; order of arrival; name; key).
+_Entry = tuple[str, int, str, Key]
 
 
 class GroupBook:
@@ -148,6 +149,7 @@ class GroupBook:
         self._entries: dict[Key, tuple[str, _Entry]] = {}
         #: Tasks admitted in memory whose status does not show their Job yet, by group.
         self._reserved: dict[str, set[Key]] = {}
+        self._arrivals = 0
         for task in tasks.objects.values():
             self._task_changed(None, task)
         tasks.subscribe(self._task_changed)
@@ -159,7 +161,15 @@ class GroupBook:
             self._queues[placed[0]].discard(placed[1])
         group = queued_group(new) if new is not None else None
         if group is not None and new is not None:
-            entry = (*_waiting_since(new), key)
+            since, name = _waiting_since(new)
+            # Timestamps are to the second: within one, first seen is first served (after a
+            # restart, the list's order: by name).
+            if placed is not None and placed[0] == group and placed[1][0] == since:
+                arrival = placed[1][1]
+            else:
+                self._arrivals += 1
+                arrival = self._arrivals
+            entry = (since, arrival, name, key)
             self._queues.setdefault(group, SortedList()).add(entry)
             self._entries[key] = (group, entry)
         elif new is None:
@@ -193,7 +203,7 @@ class GroupBook:
         stale: list[Key] = []
         rank = 0
         for entry in queue:
-            key = entry[2]
+            key = entry[3]
             if key in reserved:
                 continue
             rank += 1
@@ -210,15 +220,15 @@ class GroupBook:
         if not queue:
             return []
         if quota is None:
-            return [entry[2] for entry in queue]
+            return [entry[3] for entry in queue]
         reserved = self._live_reservations(group)
         free = quota - len(self._holders(group) | reserved)
         out: list[Key] = []
         for entry in queue:
             if len(out) >= free:
                 break
-            if entry[2] not in reserved:
-                out.append(entry[2])
+            if entry[3] not in reserved:
+                out.append(entry[3])
         return out
 
     def _quota(self, group: str) -> int | None:

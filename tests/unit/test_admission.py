@@ -139,3 +139,17 @@ def test_a_group_without_quota_admits_all() -> None:
     book, _, _ = book_with(None, tasks)
     assert all((v := book.view(t, f.at(5))) is not None and v.admits for t in tasks)
     assert book.stale_positions(GROUP) == []
+
+
+def test_first_seen_first_served_within_one_second() -> None:
+    # Names in the reverse of arrival order, both submitted in the same second.
+    book, task_store, _ = book_with(1, [queued_task(9, submitted=5)])
+    task_store.put(queued_task(1, submitted=5))
+    assert [k[1] for k in book.next_in_line(GROUP)] == ["t009"]
+    # A status rewrite (a new queue position) keeps a task's place.
+    again = queued_task(9, submitted=5)
+    again["status"]["queuePosition"] = 1
+    again["metadata"]["resourceVersion"] = "900"
+    task_store.put(again)
+    late = book.view(queued_task(1, submitted=5), f.at(6))
+    assert late is not None and not late.admits and late.queue_position == 1
