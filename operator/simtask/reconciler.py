@@ -381,6 +381,10 @@ class Controller:
                 api = exc if isinstance(exc, ApiError) else exc.__cause__
                 if isinstance(api, ApiError) and api.code == 409 and isinstance(exc, ApiError):
                     queue.add_after(key, 0.5)  # Someone wrote first: look again.
+                elif isinstance(exc, ApiError) and exc.code == 404:
+                    # The object was deleted while the pass ran: its watch event follows,
+                    # and there is nothing left to do for it.
+                    logger.debug("%s %s is gone: %s", what, key, exc)
                 elif isinstance(api, ApiError) and "NamespaceTerminating" in api.causes:
                     # Its namespace is being deleted, and the task with it: nothing is wrong.
                     queue.add_rate_limited(key)
