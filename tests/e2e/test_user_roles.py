@@ -242,9 +242,12 @@ def test_edit_user_reads_machine_groups_but_cannot_manage_them(
 
     # Making, changing, terminating or deleting one is an admin's job.
     mine = f"e2e-roles-alice-{uuid.uuid4().hex[:8]}"
-    proc = as_user(alice, "create", "-f", "-", input_text=machine_group_manifest(mine))
-    assert_forbidden(proc, alice, "create", "machinegroups")
-    assert not exists("machinegroup", mine)
+    try:
+        proc = as_user(alice, "create", "-f", "-", input_text=machine_group_manifest(mine))
+        assert_forbidden(proc, alice, "create", "machinegroups")
+        assert not exists("machinegroup", mine)
+    finally:  # had she made it after all, it does not outlive the test
+        kubectl("delete", "machinegroup", mine, "--ignore-not-found", "--wait=false", check=False)
     terminate = json.dumps({"spec": {"terminate": True}})
     proc = as_user(alice, "patch", "machinegroup", machine_group, "--type=merge", "-p", terminate)
     assert_forbidden(proc, alice, "patch", "machinegroups")
