@@ -239,6 +239,8 @@ class SimulationTaskSpec(_ApiModel):
     kill: bool = False
     retry: int = Field(default=0, ge=0)
     ttl_after_finished: Duration | None = None
+    #: Which attempts' logs are kept in a ConfigMap when they end (SPEC §7).
+    keep_logs: Literal["OnFailure", "Always", "Never"] = "OnFailure"
     pod_template: PodTemplate | None = None
     priority_class_name: str | None = None
     tolerations: list[Toleration] | None = None
@@ -292,6 +294,8 @@ class AttemptRecord(_StatusModel):
     spot: bool | None = None
     phase: Phase | None = None
     reason: str | None = None
+    #: How it ended, in words (a failed simulator's last log lines included).
+    message: str | None = None
     exit_code: int | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None

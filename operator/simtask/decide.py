@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from simtask import builders, preemption
+from simtask import builders, keptlogs, preemption
 from simtask.conditions import condition_true, task_conditions
 from simtask.durations import format_duration, parse_duration
 from simtask.lifecycle import (
@@ -112,7 +112,16 @@ class DeleteTask:
     """Delete the task itself (spec.ttlAfterFinished ran out)."""
 
 
-Action = CreateJob | DeleteJob | SuspendJob | DeleteTask
+@dataclass(frozen=True)
+class KeepLog:
+    """Keep the log of attempt `attempt`, which just ended, from its pod (SPEC §7)."""
+
+    attempt: int
+    job_name: str
+    pod_name: str
+
+
+Action = CreateJob | DeleteJob | SuspendJob | DeleteTask | KeepLog
 
 
 @dataclass(frozen=True)
@@ -493,6 +502,10 @@ def _close_attempt(p: _Pass, phase: Phase, end: datetime) -> None:
         return
     rec["phase"] = str(phase)
     rec["endTime"] = ts(end)
+    # How it ended, as the task showed it then (a failed simulator's last lines included).
+    for key in ("reason", "message"):
+        if p.status.get(key):
+            rec[key] = p.status[key]
     # Compute is counted between the times on record (to the second), so they agree.
     end = parse_ts(rec["endTime"]) or end
     start = parse_ts(rec.get("startTime"))
@@ -502,6 +515,9 @@ def _close_attempt(p: _Pass, phase: Phase, end: datetime) -> None:
     rec["cpuSeconds"] = round(cpu, 3)
     rec["gpuSeconds"] = round(gpu, 3)
     p.put_attempt_record(rec)
+    job_name, pod_name = rec.get("jobName"), rec.get("podName")
+    if job_name and pod_name and keptlogs.should_keep(p.spec.get("keepLogs"), phase):
+        p.decision.actions.append(KeepLog(p.attempt, str(job_name), str(pod_name)))
 
 
 def _after_preemption(p: _Pass) -> None:

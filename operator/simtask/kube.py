@@ -127,6 +127,37 @@ class Kube:
             )
         return await self.raw("GET", path, params, timeout=timeout)
 
+    async def read_tail(
+        self,
+        path: str,
+        *,
+        resource: str,
+        params: dict[str, str],
+        keep: int,
+        timeout: float,  # noqa: ASYNC109
+    ) -> bytes:
+        """A text answer (a pod's log) streamed within `timeout` seconds, of which only the
+        last `keep` bytes are kept; non-2xx answers raise ApiError."""
+        async with await self.raw(
+            "GET", path, params, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            if resp.status >= 300:
+                raw = await resp.content.read(64 * 1024)
+                try:
+                    data: Obj = orjson.loads(raw) if raw else {}
+                except orjson.JSONDecodeError:
+                    data = {"message": raw.decode(errors="replace")[:500]}
+                metrics.API_ERRORS.labels("get", resource, str(resp.status)).inc()
+                raise ApiError(
+                    resp.status, str(data.get("reason", "")), str(data.get("message", ""))
+                )
+            tail = bytearray()
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                tail += chunk
+                if len(tail) > 2 * keep:
+                    del tail[: len(tail) - keep]
+        return bytes(tail[-keep:])
+
     async def get(self, path: str, *, resource: str) -> Obj | None:
         """The object at `path`, or None when it does not exist."""
         try:

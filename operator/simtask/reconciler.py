@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from pydantic import ValidationError
 
-from simtask import GROUP, VERSION, metrics, names
+from simtask import GROUP, VERSION, keptlogs, metrics, names
 from simtask.api import SimulationTaskSpec, TaskInput, parse_task_spec
 from simtask.builders import job_attempt
 from simtask.conditions import find_condition
@@ -22,6 +23,7 @@ from simtask.decide import (
     DeleteJob,
     DeleteTask,
     GroupView,
+    KeepLog,
     Observed,
     SuspendJob,
     Transition,
@@ -104,6 +106,10 @@ GROUP_STATUS_EVERY = 1.0
 POSITION_REFRESH = 2.0
 #: Failures in a row of the same task after which its status shows the error (Stalled).
 STALL_AFTER = 3
+#: Logs read at once at most, and how long one read may take: a log is read beside the
+#: workers, never holding one up, and a log that cannot be read is only a warning.
+LOG_READS = 4
+LOG_READ_TIMEOUT = 20.0
 #: A pod bound to a node the cache does not have is taken as lost once it has been bound at
 #: least this long (the node watch may lag the pod watch by a little, never by this much).
 UNKNOWN_NODE_GRACE = 10.0
@@ -181,6 +187,8 @@ class Controller:
         self.group_controller = GroupController(kube, self.book, self.group_queue, self.queue.add)
         self.workers = workers
         self._informer_tasks: list[asyncio.Task[None]] = []
+        self._log_reads = asyncio.Semaphore(LOG_READS)
+        self._log_tasks: set[asyncio.Task[None]] = set()
 
         def restart(resource: str, why: str) -> None:
             metrics.WATCH_RESTARTS.labels(resource, why).inc()
@@ -272,9 +280,9 @@ class Controller:
         await asyncio.gather(*workers)
 
     async def stop(self) -> None:
-        for t in self._informer_tasks:
+        for t in [*self._informer_tasks, *self._log_tasks]:
             t.cancel()
-        await asyncio.gather(*self._informer_tasks, return_exceptions=True)
+        await asyncio.gather(*self._informer_tasks, *self._log_tasks, return_exceptions=True)
 
     def informers_alive(self) -> bool:
         """Whether every informer is still running (none died of an unexpected error)."""
@@ -617,6 +625,12 @@ class Controller:
                         "JobSuspendFailed", f"suspending Job {action.name}: {exc.message}"
                     ) from exc
                 self.jobs.apply_write(updated)
+            elif isinstance(action, KeepLog):
+                keeping = asyncio.create_task(
+                    self._keep_log(task, action), name=f"keep-log-{action.job_name}"
+                )
+                self._log_tasks.add(keeping)
+                keeping.add_done_callback(self._log_tasks.discard)
             elif isinstance(action, DeleteTask):
                 current = self.tasks.get(obj_key(task)) or task
                 # Only the task that finished, as last seen: not a new one of the same name,
@@ -673,6 +687,49 @@ class Controller:
             f"a Job named {name} already exists and belongs to {whose}, not to this task; "
             "delete or rename it",
         )
+
+    async def _keep_log(self, task: Obj, action: KeepLog) -> None:
+        """Read the ended attempt's log once from its pod and keep its tail in a ConfigMap
+        (SPEC §7). A ConfigMap already there is left alone (kept before a restart, or by
+        another replica); a log that cannot be read is a warning, never the task's failure."""
+        meta = task["metadata"]
+        ns = meta["namespace"]
+        what = f"{ns}/{meta['name']}: log of attempt {action.attempt} not kept"
+        async with self._log_reads:
+            try:
+                data = await self.kube.read_tail(
+                    f"/api/v1/namespaces/{ns}/pods/{action.pod_name}/log",
+                    resource="pods/log",
+                    params={
+                        "container": names.SIMULATOR_CONTAINER,
+                        "tailLines": str(keptlogs.TAIL_LINES),
+                    },
+                    keep=keptlogs.MAX_LOG_BYTES + 1,
+                    timeout=LOG_READ_TIMEOUT,
+                )
+            except ApiError as exc:
+                if exc.code == 404:
+                    logger.info("%s: pod %s is gone", what, action.pod_name)
+                else:
+                    logger.warning("%s: reading pod %s: %s", what, action.pod_name, exc)
+                return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                logger.warning("%s: reading pod %s: %r", what, action.pod_name, exc)
+                return
+        log, truncated = keptlogs.log_tail(data)
+        body = keptlogs.build_log_configmap(task, action.attempt, action.job_name, log, truncated)
+        try:
+            await self.kube.create(
+                f"/api/v1/namespaces/{ns}/configmaps", body, resource="configmaps"
+            )
+        except ApiError as exc:
+            if exc.code == 409:
+                return  # Kept already.
+            if exc.code == 403 and "NamespaceTerminating" in exc.causes:
+                return
+            logger.warning("%s: creating ConfigMap %s: %s", what, body["metadata"]["name"], exc)
+        else:
+            logger.info("%s/%s: kept the log of attempt %d", ns, meta["name"], action.attempt)
 
     async def _event(self, task: Obj, phase: Phase, reason: str, message: str) -> None:
         meta = task["metadata"]

@@ -55,6 +55,8 @@ def test_minimal_job() -> None:
     sim = container(job)
     assert sim["name"] == names.SIMULATOR_CONTAINER == "simulator"
     assert sim["image"] == IMAGE
+    # A failing simulator's last log lines become its terminated state's message (SPEC §7).
+    assert sim["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert "command" not in sim and "args" not in sim and "volumeMounts" not in sim
     json.dumps(job)  # plain JSON, ready for the API
 

@@ -10,6 +10,7 @@ from simtask.decide import (
     DeleteJob,
     DeleteTask,
     GroupView,
+    KeepLog,
     Observed,
     SuspendJob,
     decide,
@@ -404,3 +405,42 @@ def test_a_task_killed_while_waiting_shows_no_position_nor_next_attempt() -> Non
     queued["spec"]["kill"] = True
     d = decide(Observed(task=queued, missing_inputs=[]), f.at(1))
     assert d.status["phase"] == "Killed" and "queuePosition" not in d.status
+
+
+def _ended(exit_code: int, *, message: str | None = None, **spec: Any) -> tuple[Obj, Any]:
+    """A task whose first attempt's pod ended with `exit_code`, decided until it settles."""
+    task, _ = settle(Observed(task=fresh(**spec), missing_inputs=[]), 0)
+    state = f.terminated(exit_code, started=3, finished=9, message=message)
+    if exit_code == 0:
+        pod = f.pod(phase="Succeeded", state=state, scheduled=1)
+        job = f.job(succeeded=1, conditions=f.job_complete(10), completion=10)
+    else:
+        pod = f.pod(phase="Failed", state=state, scheduled=1)
+        job = f.job(failed=1, conditions=f.job_failed(10))
+    obs = Observed(task=task, jobs={1: job}, pods={1: [pod]}, nodes={"cpu-standard-1": f.node()})
+    return settle(obs, 11)
+
+
+def test_a_failed_attempt_keeps_its_log_once_and_shows_the_tail_in_its_record() -> None:
+    tail = "reading mesh\nFATAL: solver diverged at t=0.42"
+    task, d = _ended(3, message=tail)
+    pod_name = d.status["podName"]
+    assert [a for a in d.actions if isinstance(a, KeepLog)] == [KeepLog(1, "cfd-wing-a1", pod_name)]
+    (rec,) = d.status["attempts"]
+    assert rec["phase"] == "Failed" and rec["reason"] == "NonZeroExit"
+    assert rec["message"] == d.status["message"]
+    assert rec["message"].endswith("FATAL: solver diverged at t=0.42")
+    # Once: the passes after it (the settle above ran one) keep nothing more.
+    again = decide(Observed(task=task), f.at(30))
+    assert not [a for a in again.actions if isinstance(a, KeepLog)]
+
+
+def test_keep_logs_decides_which_endings_keep_their_log() -> None:
+    def kept(exit_code: int, **spec: Any) -> bool:
+        _, d = _ended(exit_code, **spec)
+        return any(isinstance(a, KeepLog) for a in d.actions)
+
+    assert kept(0) is False and kept(3) is True  # OnFailure, the default
+    assert kept(0, keepLogs="Always") is True and kept(3, keepLogs="Always") is True
+    assert kept(0, keepLogs="Never") is False and kept(3, keepLogs="Never") is False
+    assert kept(0, keepLogs="OnFailure") is False and kept(3, keepLogs="OnFailure") is True

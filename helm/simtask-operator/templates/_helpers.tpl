@@ -92,6 +92,14 @@ watches SimulationTasks, Jobs and pods in every namespace, so they are cluster-w
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Kept logs (SPEC §7): an attempt's log read once when it ends, kept in a ConfigMap
+# `<job>-log` created once (an existing one is left alone: no get, update or delete).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Namespace of an optional monitoring object: its own value or the release's. */}}
