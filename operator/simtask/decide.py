@@ -80,6 +80,9 @@ class Observed:
     #: Why the Job controller cannot create the current attempt's pod (its FailedCreate
     #: event: a ResourceQuota, an unknown PriorityClass, an admission webhook), if it cannot.
     pod_creation_error: str | None = None
+    #: Inputs the kubelet cannot mount for the current attempt's pod (its FailedMount
+    #: events), when the operator leaves Secret inputs to the kubelet.
+    mount_errors: Sequence[str] = ()
 
 
 # ---------------------------------------------------------------- what comes out
@@ -458,6 +461,9 @@ def _follow_attempt(p: _Pass) -> None:
             continue
         if not p.move(step.phase, step.reason, step.message, step.time):
             break
+
+    if p.obs.mount_errors and p.phase == Phase.STARTED:
+        p.status["reason"], p.status["message"] = "InputMissing", "; ".join(p.obs.mount_errors)
 
     rec = p.attempt_record() or {"attempt": p.attempt}
     rec.update(executor)

@@ -144,8 +144,11 @@ class Store:
             subscriber(old, None)
         return old
 
-    def replace(self, objs: list[Obj]) -> tuple[list[tuple[Obj, Obj | None]], list[Obj]]:
-        """Make the store what a full list shows; return (added or changed, with what they
+    def replace(
+        self, objs: list[Obj], namespace: str | None = None
+    ) -> tuple[list[tuple[Obj, Obj | None]], list[Obj]]:
+        """Make the store what a full list shows (of one `namespace`, when given: a list of
+        one namespace says nothing of the others); return (added or changed, with what they
         replaced) and the objects the list no longer has (deleted meanwhile)."""
         seen: set[Key] = set()
         changed: list[tuple[Obj, Obj | None]] = []
@@ -160,7 +163,11 @@ class Store:
                 self.put(obj)
                 if self.objects.get(key) is obj:
                     changed.append((obj, old))
-        gone = [self.remove(k) for k in list(self.objects) if k not in seen]
+        gone = [
+            self.remove(k)
+            for k in list(self.objects)
+            if k not in seen and (namespace is None or k[0] == namespace)
+        ]
         self._prune_tombstones()
         return changed, [g for g in gone if g is not None]
 
@@ -207,6 +214,7 @@ class Informer:
         request: Requester,
         store: Store,
         *,
+        namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
         listeners: list[Listener] | None = None,
@@ -219,6 +227,8 @@ class Informer:
         self.path = path
         self.request = request
         self.store = store
+        #: The one namespace `path` lists, if it lists only one (its store may hold others).
+        self.namespace = namespace
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.listeners = listeners or []
@@ -300,7 +310,7 @@ class Informer:
             cont = str(body["metadata"].get("continue") or "")
             if not cont:
                 break
-        changed, gone = self.store.replace(items)
+        changed, gone = self.store.replace(items, self.namespace)
         for obj, prev in changed:
             self._notify("ADDED" if prev is None else "MODIFIED", obj, prev)
         for gone_obj in gone:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -22,6 +23,7 @@ from simtask.server import health_app, metrics_app, serve
 logger = logging.getLogger("simtask")
 
 LEASE_NAME = "simtask-operator"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -37,6 +39,14 @@ def _own_namespace() -> str:
         return _SA_NAMESPACE.read_text().strip() or "default"
     except OSError:
         return "default"
+
+
+def _namespace_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for name in names:
+        if not _DNS_LABEL.fullmatch(name):
+            raise argparse.ArgumentTypeError(f"{name!r} is not a namespace name")
+    return names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +100,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "connection) and started again; the server is asked to end each watch after 80%% of "
         "it, so a healthy watch never stays silent that long",
     )
+    parser.add_argument(
+        "--namespaces",
+        type=_namespace_list,
+        default=_namespace_list(os.environ.get("SIMTASK_NAMESPACES", "")),
+        help="serve only these namespaces (comma-separated): SimulationTasks, Jobs, pods and "
+        "events are watched in them alone, so Roles there are all it needs besides its "
+        "cluster-wide reads of nodes and MachineGroups (default: the whole cluster)",
+    )
+    parser.add_argument(
+        "--check-secret-inputs",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("SIMTASK_CHECK_SECRET_INPUTS", "true").lower() == "true",
+        help="look Secret inputs up before starting a task (needs `get` on Secrets); with "
+        "--no-check-secret-inputs the kubelet's mount failure tells a task that one is missing",
+    )
     parser.add_argument("--log-level", default=os.environ.get("SIMTASK_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
 
@@ -98,7 +123,15 @@ async def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT (0), or until the Lease is lost or a part dies (1)."""
     api = await load_client()
     kube = Kube(api)
-    controller = Controller(kube, workers=args.workers, read_timeout=args.watch_read_timeout)
+    controller = Controller(
+        kube,
+        workers=args.workers,
+        read_timeout=args.watch_read_timeout,
+        namespaces=args.namespaces,
+        check_secret_inputs=args.check_secret_inputs,
+    )
+    if args.namespaces:
+        logger.info("serving namespaces %s", ", ".join(args.namespaces))
     elector: LeaderElector | None = None
     if args.leader_elect:
         identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from simtask import preemption
+from simtask.builders import INPUT_VOLUME_PREFIX
 from simtask.conditions import condition_true, find_condition
 from simtask.lifecycle import Phase
 from simtask.names import SIMULATOR_CONTAINER
@@ -560,3 +561,38 @@ def _complete_chain(steps: list[Step], ending: Phase) -> list[Step]:
             result.insert(position, Step(phase, None, reason, message))
             seen.add(phase)
     return result
+
+
+#: What the kubelet says of a Secret volume it cannot mount (its FailedMount event):
+#: `MountVolume.SetUp failed for volume "input-creds" : secret "creds" not found`.
+_SECRET_NOT_FOUND = re.compile(
+    r'volume "(?P<volume>[^"]+)"\s*:\s*secret "(?P<secret>[^"]+)" not found'
+)
+
+
+def waiting_to_mount(pod: Obj | None) -> bool:
+    """Whether the pod is bound and its simulator still waits in ContainerCreating (where a
+    volume that cannot be mounted keeps it)."""
+    if pod is None or not (pod.get("spec") or {}).get("nodeName"):
+        return False
+    for status in (pod.get("status") or {}).get("containerStatuses") or ():
+        if status.get("name") == SIMULATOR_CONTAINER:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            return waiting.get("reason") == "ContainerCreating"
+    return (pod.get("status") or {}).get("phase") == "Pending"
+
+
+def missing_secret_inputs(events: Sequence[Obj], namespace: str) -> list[str]:
+    """The Secret inputs a pod's FailedMount events say do not exist, in the words of the
+    operator's own input check (`PendingInput`), so a user reads the same either way."""
+    found: dict[str, str] = {}
+    for event in events:
+        match = _SECRET_NOT_FOUND.search(str(event.get("message") or ""))
+        if match is None:
+            continue
+        found[match["volume"].removeprefix(INPUT_VOLUME_PREFIX)] = match["secret"]
+    return [
+        f"input {name!r}: Secret {secret!r} does not exist in namespace {namespace!r} "
+        "(the kubelet cannot mount it)"
+        for name, secret in sorted(found.items())
+    ]

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from simtask.informers import Informer, Key, Listener, Obj, Store, obj_key, obj_
 from simtask.kube import ApiError, Kube
 from simtask.lifecycle import ALWAYS_TERMINAL, PREEMPTED, RUNNING, Phase, parse_phase
 from simtask.machinegroups import GroupBook
+from simtask.podstate import missing_secret_inputs, pick_pod, waiting_to_mount
 from simtask.timestamps import parse_ts, ts
 from simtask.workqueue import WorkQueue
 
@@ -101,6 +102,8 @@ class ActionFailed(Exception):
 
 #: How often at most a MachineGroup's status follows its tasks' moves.
 GROUP_STATUS_EVERY = 1.0
+#: How often a task whose pod waits for its volumes reads the kubelet's events again.
+MOUNT_RECHECK_SECONDS = 5.0
 #: How long queue positions may lag behind the queue: one refresh of a group's waiting
 #: tasks at most this often, instead of a pass of every one on every move of the queue.
 POSITION_REFRESH = 2.0
@@ -167,8 +170,15 @@ class Controller:
         *,
         workers: int = 8,
         read_timeout: float = 270.0,
+        namespaces: tuple[str, ...] = (),
+        check_secret_inputs: bool = True,
     ) -> None:
         self.kube = kube
+        #: The namespaces served (namespace-scoped install); () for the whole cluster.
+        self.namespaces = namespaces
+        #: Whether Secret inputs are looked up (the operator may read Secrets), or left to
+        #: the kubelet, whose mount failure then tells the task (see `_mount_failures`).
+        self.check_secret_inputs = check_secret_inputs
         self.queue = WorkQueue(metrics=metrics.QueueMetrics("SimulationTask"))
         self.group_queue = WorkQueue(metrics=metrics.QueueMetrics("MachineGroup"))
         #: Jobs the API server refused as invalid, by task: (task uid, message).
@@ -211,31 +221,44 @@ class Controller:
                 **kw,
             )
 
+        def namespaced(
+            resource: str, group_path: str, store: Store, listener: Listener, **kw: Any
+        ) -> list[Informer]:
+            """One informer for the whole cluster, or one per namespace when scoped."""
+            if not self.namespaces:
+                return [informer(resource, f"{group_path}/{resource}", store, listener, **kw)]
+            return [
+                informer(
+                    resource,
+                    f"{group_path}/namespaces/{ns}/{resource}",
+                    store,
+                    listener,
+                    namespace=ns,
+                    **kw,
+                )
+                for ns in self.namespaces
+            ]
+
         owned = names.LABEL_TASK_UID
         self.informers = [
-            informer("simulationtasks", f"{TASKS_PATH}/simulationtasks", self.tasks, self._on_task),
+            *namespaced("simulationtasks", TASKS_PATH, self.tasks, self._on_task),
             informer("machinegroups", f"{TASKS_PATH}/machinegroups", self.groups, self._on_group),
-            informer(
+            *namespaced(
                 "jobs",
-                "/apis/batch/v1/jobs",
+                "/apis/batch/v1",
                 self.jobs,
                 self._on_owned,
                 label_selector=owned,
                 trim=_trim_job,
             ),
-            informer(
-                "pods",
-                "/api/v1/pods",
-                self.pods,
-                self._on_owned,
-                label_selector=owned,
-                trim=_trim_pod,
+            *namespaced(
+                "pods", "/api/v1", self.pods, self._on_owned, label_selector=owned, trim=_trim_pod
             ),
             informer("nodes", "/api/v1/nodes", self.nodes, self._on_node, trim=_trim_node),
             # Why a Job cannot create its pod is only told in its events.
-            informer(
+            *namespaced(
                 "events",
-                "/api/v1/events",
+                "/api/v1",
                 self.job_events,
                 self._on_job_event,
                 field_selector="involvedObject.kind=Job,reason=FailedCreate",
@@ -502,6 +525,13 @@ class Controller:
         now = datetime.now(UTC)
         rejected = self.rejected.get(key)
         attempt = int(status.get("attempt") or 0)
+        mount_errors: list[str] = []
+        if not self.check_secret_inputs and _has_secret_input(task):
+            current = pick_pod(pods.get(attempt, ()))
+            if current is not None and waiting_to_mount(current):
+                mount_errors = await self._mount_failures(current)
+                # The kubelet's events reach no watch of ours: look again while it waits.
+                self.queue.add_after(key, MOUNT_RECHECK_SECONDS)
         decision = decide(
             Observed(
                 task=task,
@@ -515,6 +545,7 @@ class Controller:
                 gone_nodes=self._gone_nodes(pods, status),
                 stalled=self._stalled(key, uid),
                 pod_creation_error=self._pod_creation_error(jobs.get(attempt)),
+                mount_errors=mount_errors,
             ),
             now,
         )
@@ -544,10 +575,23 @@ class Controller:
         latest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
         return str(latest.get("message") or "the Job controller cannot create its pod")
 
+    async def _mount_failures(self, pod: Mapping[str, Any]) -> list[str]:
+        """The Secret inputs the kubelet says it cannot mount for this pod."""
+        meta = pod.get("metadata") or {}
+        events = await self.kube.request(
+            "GET",
+            f"/api/v1/namespaces/{meta.get('namespace')}/events",
+            resource="events",
+            params={"fieldSelector": f"involvedObject.uid={meta.get('uid')},reason=FailedMount"},
+        )
+        return missing_secret_inputs(events.get("items") or [], str(meta.get("namespace")))
+
     async def _missing_inputs(self, ns: str, inputs: list[TaskInput]) -> list[str]:
         missing: list[str] = []
         for item in inputs:
             field, ref = item.source()
+            if field == "secret" and not self.check_secret_inputs:
+                continue  # Left to the kubelet: see _mount_failures.
             kind, resource = _INPUT_OBJECTS[field]
             obj = await self.kube.get(
                 f"/api/v1/namespaces/{ns}/{resource}/{ref}", resource=resource
@@ -827,6 +871,10 @@ def parse_spec(task: Obj) -> tuple[SimulationTaskSpec | None, str | None]:
 def spec_error(task: Obj) -> str | None:
     """What the API models find wrong with the spec, if anything."""
     return parse_spec(task)[1]
+
+
+def _has_secret_input(task: Obj) -> bool:
+    return any("secret" in item for item in (task.get("spec") or {}).get("inputs") or ())
 
 
 def _may_start_an_attempt(task: Obj, phase: Phase | None) -> bool:

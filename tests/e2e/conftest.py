@@ -84,8 +84,12 @@ class Operator:
         metrics_port: int | None = None,
         health_port: int | None = None,
         args: tuple[str, ...] = (),
+        chart_args: tuple[str, ...] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        #: What the chart's Deployment tells the operator about its install (namespaces
+        #: served, Secret inputs): by default, as the session's release says.
+        self.chart_args = chart_args
         self.name = name
         self.metrics_port = metrics_port or int(os.environ.get("SIMTASK_E2E_METRICS_PORT", "18000"))
         self.health_port = health_port or int(os.environ.get("SIMTASK_E2E_HEALTH_PORT", "18080"))
@@ -118,6 +122,7 @@ class Operator:
                 str(self.metrics_port),
                 "--health-port",
                 str(self.health_port),
+                *(self.chart_args if self.chart_args is not None else release_args()),
                 *self.args,
             ],
             stdout=log,
@@ -189,6 +194,30 @@ class Operator:
 
 RELEASE = "simtask-operator"
 RELEASE_NAMESPACE = "simtask-system"
+#: The operator's arguments that depend on how the chart was installed.
+INSTALL_ARGS = ("--namespaces", "--check-secret-inputs", "--no-check-secret-inputs")
+
+
+def release_args(release: str = RELEASE, namespace: str = RELEASE_NAMESPACE) -> tuple[str, ...]:
+    """The arguments of the installed release's Deployment that say how it was installed
+    (`watchNamespaces`, Secret access), so the operator beside the cluster runs as the
+    chart would run it."""
+    from tests.unit.tools import helm, load_yaml_stream
+
+    manifest = subprocess.run(
+        [helm(), "get", "manifest", release, "-n", namespace, "--kubeconfig", str(KUBECONFIG)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    (deployment,) = [d for d in load_yaml_stream(manifest) if d.get("kind") == "Deployment"]
+    (container,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator"
+    ]
+    return tuple(a for a in container["args"] if a.split("=", 1)[0] in INSTALL_ARGS)
+
+
 CRD_NAMES = ("simulationtasks.simtask.dev", "machinegroups.simtask.dev")
 
 
@@ -269,6 +298,14 @@ def operator(chart: str) -> Iterator[Operator]:
     problems = op.problems()
     if problems:
         pytest.fail("the operator logged errors:\n" + "\n".join(problems[:40]), pytrace=False)
+
+
+@pytest.fixture
+def session_operator_paused(operator: Operator) -> Iterator[Operator]:
+    """The session's operator stopped for a test that runs its own, started again after."""
+    operator.stop()
+    yield operator
+    operator.start()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -226,14 +226,6 @@ def test_an_api_server_restart_loses_nothing(namespace: str, operator: Operator)
 
 
 # ---------------------------------------------------------------- a watch black-holed
-
-
-@pytest.fixture
-def session_operator_paused(operator: Operator) -> Iterator[Operator]:
-    """The session's operator stopped for a test that runs its own, started again after."""
-    operator.stop()
-    yield operator
-    operator.start()
 
 
 @pytest.mark.operator_errors

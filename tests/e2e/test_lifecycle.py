@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.cluster import Timeout, condition, eventually, kubectl, kubectl_json
-from tests.e2e.conftest import Operator
+from tests.e2e.conftest import Operator, release_args
 from tests.e2e.tasks import (
     HEADROOM,
     IMAGE,
@@ -148,12 +148,29 @@ def test_task_waits_for_missing_input_then_runs(namespace: str) -> None:
 
 
 def test_missing_secret_says_what_to_create(namespace: str) -> None:
+    """Installed cluster-wide, the operator may not read Secrets (the chart's default): the
+    task starts, the kubelet cannot mount the Secret, and the task says which one to make."""
+    assert "--no-check-secret-inputs" in release_args(), "the chart's default changed"
     apply(
         namespace,
         task_manifest("licensed", inputs=[{"name": "license", "secret": "solver-license"}]),
     )
-    task = wait_phase(namespace, "licensed", "PendingInput")
-    assert "Secret 'solver-license' does not exist" in task["status"]["message"]
+    task = eventually(
+        lambda: (
+            (t := get(namespace, "licensed")).get("status", {}).get("reason") == "InputMissing"
+            and t
+        ),
+        timeout=HEADROOM * 2,
+        what="the task to say its Secret input is missing",
+    )
+    assert task["status"]["phase"] == "Started"
+    assert task["status"]["message"] == (
+        "input 'license': Secret 'solver-license' does not exist in namespace "
+        f"'{namespace}' (the kubelet cannot mount it)"
+    )
+    kubectl("create", "secret", "generic", "solver-license", "-n", namespace, "--from-literal=k=v")
+    task = wait_phase(namespace, "licensed", "Success", within=HEADROOM)
+    assert history(task)[:3] == ["Submitted", "Started", "ComputationStarted"]
 
 
 def test_hold_and_release(namespace: str) -> None:

@@ -32,7 +32,7 @@ from tests.e2e.cluster import (
     testbed,
 )
 from tests.e2e.proxy import BlackholeProxy, write_proxied_kubeconfig
-from tests.e2e.tasks import GPU_TOLERATION, SPOT_TOLERATION
+from tests.e2e.tasks import GPU_TOLERATION, HEADROOM, SPOT_TOLERATION
 
 
 def job(
@@ -582,3 +582,50 @@ def test_up_fails_fast_when_a_port_is_taken(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert f"kube-apiserver 127.0.0.1:{port}" in proc.stderr and "in use" in proc.stderr
     assert not list((tmp_path / "pids").glob("*.pid"))  # nothing left running
+
+
+def test_a_missing_secret_volume_keeps_the_pod_creating_until_it_exists(
+    namespace: str, batch: client.BatchV1Api, core: client.CoreV1Api
+) -> None:
+    """As a kubelet does: no container starts while a Secret or ConfigMap volume cannot be
+    mounted; a FailedMount event says which; the pod runs once the object exists."""
+    spec = job("mounts", annotations={"testbed.simtask.dev/duration": "1s"})
+    pod_spec = spec["spec"]["template"]["spec"]
+    pod_spec["volumes"] = [
+        {"name": "input-key", "secret": {"secretName": "solver-key"}},
+        {"name": "input-mesh", "configMap": {"name": "mesh"}},
+        {"name": "input-extra", "secret": {"secretName": "nowhere", "optional": True}},
+    ]
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="mesh"))
+    )
+    batch.create_namespaced_job(namespace, spec)
+
+    def failed_mount() -> Any:
+        events = core.list_namespaced_event(
+            namespace, field_selector="reason=FailedMount,involvedObject.kind=Pod"
+        ).items
+        return events[0] if events else None
+
+    event = eventually(failed_mount, timeout=HEADROOM, what="a FailedMount event")
+    assert event.type == "Warning" and event.source.component == "kubelet"
+    assert event.message == (
+        'MountVolume.SetUp failed for volume "input-key" : secret "solver-key" not found'
+    )
+    pod = job_pod(core, namespace, "mounts")
+    assert pod.status.phase == "Pending"
+    assert pod.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
+    # Still creating a while later: nothing runs while the Secret is missing (the next
+    # retries of the mount count on the same event).
+    eventually(lambda: (failed_mount().count or 0) >= 2, timeout=HEADROOM, what="a retried mount")
+    assert job_pod(core, namespace, "mounts").status.phase == "Pending"
+
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="solver-key"), string_data={"k": "v"}),
+    )
+    eventually(
+        lambda: job_condition(batch, namespace, "mounts", "Complete"),
+        timeout=HEADROOM,
+        what="the Job to complete once the Secret exists",
+    )

@@ -407,6 +407,29 @@ def test_a_task_killed_while_waiting_shows_no_position_nor_next_attempt() -> Non
     assert d.status["phase"] == "Killed" and "queuePosition" not in d.status
 
 
+def test_a_secret_the_kubelet_cannot_mount_is_shown_on_the_started_task() -> None:
+    """Without read access to Secrets the operator learns of a missing Secret input from the
+    kubelet: the task stays Started (its pod is bound) and says which input is missing."""
+    task, _ = settle(Observed(task=fresh(), missing_inputs=[]), 0)
+    pod = f.pod(phase="Pending", state=f.waiting("ContainerCreating"), scheduled=1)
+    why = "input 'creds': Secret 'solver-key' does not exist in namespace 'ns'"
+    obs = Observed(
+        task=task,
+        jobs={1: f.job(active=1)},
+        pods={1: [pod]},
+        nodes={"cpu-standard-1": f.node()},
+        mount_errors=[why],
+    )
+    task, d = settle(obs, 5)
+    assert d.status["phase"] == "Started"
+    assert d.status["reason"] == "InputMissing" and d.status["message"] == why
+    # Mounted at last: the simulator runs, and the reason is the run's own.
+    running = f.pod(phase="Running", state=f.running(9), scheduled=1)
+    obs = Observed(task=task, jobs={1: f.job(active=1)}, pods={1: [running]}, nodes=obs.nodes)
+    _, d = settle(obs, 10)
+    assert d.status["phase"] == "ComputationStarted" and d.status.get("reason") != "InputMissing"
+
+
 def _ended(exit_code: int, *, message: str | None = None, **spec: Any) -> tuple[Obj, Any]:
     """A task whose first attempt's pod ended with `exit_code`, decided until it settles."""
     task, _ = settle(Observed(task=fresh(**spec), missing_inputs=[]), 0)

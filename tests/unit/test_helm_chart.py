@@ -167,10 +167,12 @@ def test_crds_optional(chart: Chart) -> None:
 # ------------------------------------------------------------------ RBAC
 
 
-def design_rbac() -> set[Rule]:
-    """The table "RBAC the operator needs" of docs/design.md, as (group, resource, verb)."""
+def design_rbac(table: str) -> set[Rule]:
+    """A table of "RBAC the operator needs" in docs/design.md, as (group, resource, verb):
+    "Cluster-wide, in every install" or "In each served namespace"."""
     text = DESIGN.read_text()
     section = text.split("## RBAC the operator needs", 1)[1].split("\n## ", 1)[0]
+    section = section.split(f"### {table}", 1)[1].split("\n### ", 1)[0]
     rules: set[Rule] = set()
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -180,8 +182,13 @@ def design_rbac() -> set[Rule]:
         resources = [r.strip() for r in cells[1].split(",")]
         verbs = [v.strip() for v in cells[2].split(",")]
         rules |= {(g, r, v) for g in groups for r in resources for v in verbs}
-    assert len(rules) > 20, "could not read the RBAC table of docs/design.md"
+    assert len(rules) >= 5, f"could not read the RBAC table {table!r} of docs/design.md"
     return rules
+
+
+CLUSTER = "Cluster-wide, in every install"
+NAMESPACED = "In each served namespace"
+SECRETS = {("", "secrets", "get")}
 
 
 def _expand(rules: list[dict[str, Any]]) -> set[Rule]:
@@ -209,15 +216,13 @@ def test_rbac_has_no_wildcards(chart: Chart) -> None:
                 assert not any("*" in item for item in rule[key]), rule
 
 
-def test_rbac_equals_design_table(chart: Chart) -> None:
-    docs = chart.render()
-    # The operator's own ClusterRole, named as its ServiceAccount (the others are the users'
-    # roles, tested in test_user_roles.py).
+def _operator_cluster_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's own ClusterRole, named as its ServiceAccount (the others are the users'
+    roles, tested in test_user_roles.py), after checking its binding."""
     name = one(docs, "ServiceAccount")["metadata"]["name"]
     (role,) = [
         r for r in _roles(docs) if r["kind"] == "ClusterRole" and r["metadata"]["name"] == name
     ]
-    assert _expand(role["rules"]) == design_rbac()
     (binding,) = [b for b in objects(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == name]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -225,6 +230,62 @@ def test_rbac_equals_design_table(chart: Chart) -> None:
         "name": role["metadata"]["name"],
     }
     _assert_subject_is_operator(docs, binding)
+    return role
+
+
+def _operator_args(docs: list[dict[str, Any]]) -> list[str]:
+    (container,) = [c for c in _pod(docs)["containers"] if c["name"] == "operator"]
+    return list(container["args"])
+
+
+def test_rbac_equals_design_table(chart: Chart) -> None:
+    """Serving the whole cluster: one ClusterRole, the two tables, and no Secret at all."""
+    docs = chart.render()
+    role = _operator_cluster_role(docs)
+    assert _expand(role["rules"]) == design_rbac(CLUSTER) | design_rbac(NAMESPACED)
+    assert not [r for r in _roles(docs) if r["kind"] == "Role" and "lease" not in str(r)]
+    assert "--no-check-secret-inputs" in _operator_args(docs)
+    assert not any(a.startswith("--namespaces") for a in _operator_args(docs))
+
+
+def test_reading_every_secret_is_an_explicit_opt_in(chart: Chart) -> None:
+    docs = chart.render("rbac.readSecretsClusterWide=true")
+    role = _operator_cluster_role(docs)
+    assert _expand(role["rules"]) == design_rbac(CLUSTER) | design_rbac(NAMESPACED) | SECRETS
+    assert "--no-check-secret-inputs" not in _operator_args(docs)
+
+
+def test_a_namespace_scoped_install_grants_tasks_jobs_pods_and_secrets_there_only(
+    chart: Chart,
+) -> None:
+    docs = chart.render("watchNamespaces={team-a,team-b}", "rbac.readSecretsClusterWide=true")
+    role = _operator_cluster_role(docs)
+    assert _expand(role["rules"]) == design_rbac(CLUSTER)
+    account = one(docs, "ServiceAccount")["metadata"]
+    roles = {
+        r["metadata"]["namespace"]: r
+        for r in _roles(docs)
+        if r["kind"] == "Role" and r["metadata"]["name"] == account["name"]
+    }
+    assert set(roles) == {"team-a", "team-b"}
+    for namespace, ns_role in roles.items():
+        assert _expand(ns_role["rules"]) == design_rbac(NAMESPACED) | SECRETS
+        (binding,) = [
+            b
+            for b in objects(docs, "RoleBinding")
+            if b["metadata"]["namespace"] == namespace
+            and b["roleRef"]["kind"] == "Role"
+            and b["roleRef"]["name"] == account["name"]
+        ]
+        _assert_subject_is_operator(docs, binding)
+    args = _operator_args(docs)
+    assert "--namespaces=team-a,team-b" in args and "--no-check-secret-inputs" not in args
+
+
+@pytest.mark.parametrize("bad", ["watchNamespaces={Team_A}", "watchNamespaces={a,a}"])
+def test_watch_namespaces_are_namespace_names(chart: Chart, bad: str) -> None:
+    proc = chart.template(bad, check=False)
+    assert proc.returncode != 0 and "watchNamespaces" in proc.stderr
 
 
 def _assert_subject_is_operator(docs: list[dict[str, Any]], binding: dict[str, Any]) -> None:
@@ -326,11 +387,13 @@ def test_deployment_options_and_image(chart: Chart) -> None:
         "operator.workers=7",
         "operator.extraArgs={--bind=0.0.0.0}",
         "leaderElection.enabled=false",
+        "watchNamespaces={team-a}",
     )
     (container,) = _pod(docs)["containers"]
     assert container["args"] == [
         "--log-level=DEBUG",
         "--workers=7",
+        "--namespaces=team-a",
         "--bind=0.0.0.0",
     ]
     assert container["image"] == "registry.example/simtask@sha256:" + "a" * 64
@@ -343,6 +406,8 @@ OPERATOR_ENV = (
     "SIMTASK_BIND",
     "SIMTASK_WORKERS",
     "SIMTASK_LOG_LEVEL",
+    "SIMTASK_NAMESPACES",
+    "SIMTASK_CHECK_SECRET_INPUTS",
 )
 
 
@@ -364,8 +429,10 @@ def test_operator_accepts_the_deployment_args(
         parse_args([*container["args"], "--no-such-flag"])
     assert (args.log_level, args.workers) == (log_level, workers)
     for flag in container["args"]:
-        if "=" not in flag:  # a switch the chart turns on
-            assert getattr(args, flag.removeprefix("--").replace("-", "_")) is True, flag
+        if "=" not in flag:  # a switch the chart turns on (or, for --no-X, off)
+            name = flag.removeprefix("--")
+            wanted = not name.startswith("no-")
+            assert getattr(args, name.removeprefix("no-").replace("-", "_")) is wanted, flag
     # The ports the chart probes and scrapes are the operator's defaults.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (args.metrics_port, args.health_port) == (ports["metrics"], ports["health"])

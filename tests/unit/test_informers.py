@@ -87,6 +87,19 @@ def test_replace_reports_changes_and_the_deletions_a_relist_finds() -> None:
     assert store.deleted("old") and store.deleted("uid-gone")
 
 
+def test_a_relist_of_one_namespace_leaves_the_others_alone() -> None:
+    """A namespace-scoped operator has one informer per namespace over one store: the list
+    of one namespace says nothing about the objects of another."""
+    store = Store()
+    store.put(obj("a", 1, ns="team-a"))
+    store.put(obj("gone", 1, ns="team-a"))
+    store.put(obj("b", 1, ns="team-b"))
+    changed, gone = store.replace([obj("a", 1, ns="team-a")], namespace="team-a")
+    assert changed == []
+    assert [obj_key(o) for o in gone] == [("team-a", "gone")]
+    assert store.get(("team-b", "b")) is not None
+
+
 # ---------------------------------------------------------------- Informer
 
 

@@ -12,9 +12,11 @@ from simtask.podstate import (
     AttemptObservation,
     Step,
     compute_seconds,
+    missing_secret_inputs,
     observe_attempt,
     parse_quantity,
     pick_pod,
+    waiting_to_mount,
 )
 from tests.unit.fixtures import (
     IMAGE,
@@ -567,3 +569,25 @@ def test_compute_seconds_without_times_or_job() -> None:
     assert compute_seconds(job(), at(10), None) == (0.0, 0.0)
     assert compute_seconds(None, at(0), at(10)) == (0.0, 0.0)
     assert compute_seconds(job(), at(20), at(10)) == (0.0, 0.0)
+
+
+def test_a_failed_mount_names_the_missing_secret_input() -> None:
+    events = [
+        {"message": 'MountVolume.SetUp failed for volume "input-creds" : secret "key" not found'},
+        {"message": 'MountVolume.SetUp failed for volume "input-creds" : secret "key" not found'},
+        {"message": 'MountVolume.SetUp failed for volume "outputs" : some other trouble'},
+    ]
+    assert missing_secret_inputs(events, "team-a") == [
+        "input 'creds': Secret 'key' does not exist in namespace 'team-a' "
+        "(the kubelet cannot mount it)"
+    ]
+    assert missing_secret_inputs([], "team-a") == []
+
+
+def test_only_a_bound_pod_still_creating_its_container_waits_to_mount() -> None:
+    assert waiting_to_mount(pod(phase="Pending", state=waiting("ContainerCreating")))
+    assert not waiting_to_mount(pod(phase="Running", state=running(3)))
+    assert not waiting_to_mount(
+        pod(phase="Pending", node_name=None, state=waiting("ContainerCreating"))
+    )
+    assert not waiting_to_mount(None)

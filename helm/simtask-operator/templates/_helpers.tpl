@@ -57,22 +57,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-The RBAC rules of the operator: exactly the table "RBAC the operator needs" in
-docs/design.md (tests/unit/test_helm_chart.py compares them), no wildcards. The operator
-watches SimulationTasks, Jobs and pods in every namespace, so they are cluster-wide.
+The RBAC rules of the operator: exactly the tables of "RBAC the operator needs" in
+docs/design.md (tests/unit/test_helm_chart.py compares them), no wildcards.
+"clusterRules" are cluster-scoped kinds, granted by a ClusterRole in every mode.
+"namespacedRules" are granted by a Role in each namespace of `watchNamespaces`, or by the
+ClusterRole when the operator serves the whole cluster. Secrets (`get`, to check that a
+Secret input exists) only in the served namespaces, or cluster-wide by explicit opt-in
+(`rbac.readSecretsClusterWide`).
 */}}
-{{- define "simtask-operator.rules" -}}
-- apiGroups: ["simtask.dev"]
-  resources: ["simulationtasks"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
-- apiGroups: ["simtask.dev"]
-  resources: ["simulationtasks/status"]
-  verbs: ["get", "patch", "update"]
+{{- define "simtask-operator.clusterRules" -}}
 - apiGroups: ["simtask.dev"]
   resources: ["machinegroups"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["simtask.dev"]
   resources: ["machinegroups/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{- define "simtask-operator.namespacedRules" -}}
+- apiGroups: ["simtask.dev"]
+  resources: ["simulationtasks"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+- apiGroups: ["simtask.dev"]
+  resources: ["simulationtasks/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
@@ -81,11 +91,13 @@ watches SimulationTasks, Jobs and pods in every namespace, so they are cluster-w
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
-  resources: ["nodes"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["configmaps", "secrets", "persistentvolumeclaims"]
+  resources: ["configmaps", "persistentvolumeclaims"]
   verbs: ["get"]
+{{- if .secrets }}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch", "list", "watch"]
@@ -100,6 +112,11 @@ watches SimulationTasks, Jobs and pods in every namespace, so they are cluster-w
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create"]
+{{- end }}
+
+{{/* Whether the operator looks Secret inputs up itself (it may read Secrets there). */}}
+{{- define "simtask-operator.checksSecrets" -}}
+{{- if or .Values.watchNamespaces .Values.rbac.readSecretsClusterWide }}true{{ end }}
 {{- end }}
 
 {{/* Namespace of an optional monitoring object: its own value or the release's. */}}
