@@ -41,6 +41,11 @@ def can_i(kubeconfig: str, *args: str) -> bool:
         (("watch", "pods", "--all-namespaces"), True),
         (("create", "events", "-n", "default"), True),
         (("patch", "machinegroups.simtask.dev"), True),
+        # Kept logs: an ended attempt's log read once, kept in a ConfigMap created once.
+        (("get", "pods", "--subresource=log", "-n", "default"), True),
+        (("create", "configmaps", "-n", "default"), True),
+        (("update", "configmaps", "-n", "default"), False),
+        (("delete", "configmaps", "-n", "default"), False),
         # What the operator never needs, it cannot do.
         (("create", "pods", "-n", "default"), False),
         (("delete", "pods", "-n", "default"), False),
