@@ -612,9 +612,15 @@ def test_a_missing_secret_volume_keeps_the_pod_creating_until_it_exists(
     assert event.message == (
         'MountVolume.SetUp failed for volume "input-key" : secret "solver-key" not found'
     )
-    pod = job_pod(core, namespace, "mounts")
+
+    def creating() -> Any:
+        pod = job_pod(core, namespace, "mounts")
+        statuses = pod.status.container_statuses or []
+        waiting = statuses[0].state.waiting if statuses else None
+        return pod if waiting and waiting.reason == "ContainerCreating" else None
+
+    pod = eventually(creating, timeout=HEADROOM, what="the pod in ContainerCreating")
     assert pod.status.phase == "Pending"
-    assert pod.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
     # Still creating a while later: nothing runs while the Secret is missing (the next
     # retries of the mount count on the same event).
     eventually(lambda: (failed_mount().count or 0) >= 2, timeout=HEADROOM, what="a retried mount")

@@ -20,6 +20,12 @@ ALL_OPTIONS = (
     "prometheusRule.enabled=true",
     "grafanaDashboard.enabled=true",
 )
+#: The two install modes: namespace-scoped (with every option on) and cluster-wide with the
+#: Secret opt-in.
+SCOPED = (*ALL_OPTIONS, "watchNamespaces={team-a,team-b}")
+SECRETS_OPT_IN = ("rbac.readSecretsClusterWide=true",)
+MODES = [(), ALL_OPTIONS, SCOPED, SECRETS_OPT_IN]
+MODE_IDS = ["defaults", "all", "namespace-scoped", "secrets-opt-in"]
 KEEP = "helm.sh/resource-policy"
 CHART_LABELS = ("app.kubernetes.io/", "helm.sh/")
 
@@ -35,7 +41,7 @@ def chart(tmp_path_factory: pytest.TempPathFactory) -> Chart:
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
-@pytest.mark.parametrize("values", [(), ALL_OPTIONS], ids=["defaults", "all"])
+@pytest.mark.parametrize("values", MODES, ids=MODE_IDS)
 def test_helm_lint(chart: Chart, strict: bool, values: tuple[str, ...]) -> None:
     args = ["lint", str(CHART)] + (["--strict"] if strict else [])
     for value in values:
@@ -45,7 +51,7 @@ def test_helm_lint(chart: Chart, strict: bool, values: tuple[str, ...]) -> None:
     assert "[WARNING]" not in out and "[ERROR]" not in out, out
 
 
-@pytest.mark.parametrize("values", [(), ALL_OPTIONS], ids=["defaults", "all"])
+@pytest.mark.parametrize("values", MODES, ids=MODE_IDS)
 def test_renders_clean_yaml(chart: Chart, values: tuple[str, ...]) -> None:
     text = chart.template(*values).stdout
     docs = load_yaml_stream(text)  # refuses duplicate keys
@@ -60,10 +66,14 @@ def test_renders_clean_yaml(chart: Chart, values: tuple[str, ...]) -> None:
         assert all(isinstance(v, str) for v in labels.values()), labels
     for line in text.splitlines():
         assert line == line.rstrip(), f"trailing whitespace: {line!r}"
-    # Namespaced objects land in the release namespace.
+    # Namespaced objects land in the release namespace; only the operator's Roles of a
+    # namespace-scoped install land in the namespaces it serves.
+    served = {"team-a", "team-b"} if "watchNamespaces={team-a,team-b}" in values else set()
     for doc in docs:
         if doc["kind"] in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
             assert "namespace" not in doc["metadata"]
+        elif doc["metadata"]["namespace"] in served:
+            assert doc["kind"] in ("Role", "RoleBinding"), doc["metadata"]
         else:
             assert doc["metadata"]["namespace"] == Chart.NAMESPACE, doc["metadata"]
 
