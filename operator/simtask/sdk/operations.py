@@ -1,0 +1,42 @@
+"""The spec operations of SPEC §2 and §6 on a task or a batch: kill, hold, release, retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simtask.sdk.client import Client, ConflictError, Kind
+
+#: How many times a retry re-reads the object after a conflicting write before giving up.
+RETRY_CONFLICTS = 20
+
+
+def set_spec(client: Client, kind: Kind, namespace: str, name: str, **fields: Any) -> None:
+    """Set spec fields (`kill=True`, `hold=False`, ...) with a merge patch."""
+    client.patch(kind, namespace, name, {"spec": fields})
+
+
+def raise_retry(client: Client, kind: Kind, namespace: str, name: str) -> int:
+    """Raise `spec.retry` by one without losing a concurrent raise; return the new value.
+
+    The write carries the resourceVersion it was computed from, so two users raising the
+    counter at once cannot both write the same value: the later write gets 409 Conflict,
+    reads the object again and raises the counter from there.
+    """
+    for _ in range(RETRY_CONFLICTS):
+        obj = client.get(kind, namespace, name)
+        wanted = int((obj.get("spec") or {}).get("retry") or 0) + 1
+        version = obj["metadata"]["resourceVersion"]
+        try:
+            client.patch(
+                kind,
+                namespace,
+                name,
+                {"metadata": {"resourceVersion": version}, "spec": {"retry": wanted}},
+            )
+        except ConflictError:
+            continue
+        return wanted
+    raise ConflictError(
+        f"{kind.ref(name)} in namespace {namespace} kept changing: "
+        f"spec.retry not raised after {RETRY_CONFLICTS} tries"
+    )
