@@ -300,11 +300,12 @@ def submit(
     sed s/RE/5000/ template.yaml | kubectl simtask submit - -n cfd
     """
     seconds = timeout_seconds(timeout)
+    docs = _manifests(file)
     with user_errors():
         client = connect(kubeconfig, context, namespace)
         refs: list[Ref] = []
         created: list[dict[str, Any]] = []
-        for doc in _manifests(file):
+        for doc in docs:
             kind = {TASKS.kind: TASKS, BATCHES.kind: BATCHES}.get(str(doc.get("kind")))
             if kind is None:
                 fail(
