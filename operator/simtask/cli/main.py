@@ -436,12 +436,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--index", type=click.IntRange(min=0), default=None, help="For a batch: instance I.")
 @click.option("--image", default=None, help="Reader image with sleep and tar (default busybox).")
+@click.option("--timeout", default="5m", help="How long the reader pod may take to start.")
 @connection_options
 def outputs(
     name: str,
     directory: str,
     index: int | None,
     image: str | None,
+    timeout: str,
     kubeconfig: str | None,
     context: str | None,
     namespace: str | None,
@@ -455,10 +457,11 @@ def outputs(
     \b
     kubectl simtask outputs cavity ./cavity-results
     """
+    seconds = timeout_seconds(timeout) or 300.0
     with user_errors(), _sigterm_as_interrupt():
         client = connect(kubeconfig, context, namespace)
         task = _task_of(client, name, index)
-        target = task.download_outputs(directory, image=image)
+        target = task.download_outputs(directory, image=image, start_timeout=seconds)
         files = sum(1 for p in target.rglob("*") if p.is_file())
         out.print(f"simtask/{task.name}: {files} file(s) in {target}")
 

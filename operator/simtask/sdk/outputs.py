@@ -136,14 +136,19 @@ def _pod_problem(pod: Mapping[str, Any]) -> str | None:
     status = pod.get("status") or {}
     if status.get("phase") in ("Failed", "Succeeded"):
         return f"it ended ({status.get('phase')}: {status.get('reason') or 'no reason'})"
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
-            return f"it cannot be scheduled: {cond.get('message')}"
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
             return f"its image cannot be pulled: {waiting.get('message') or waiting['reason']}"
     return None
+
+
+def _pending_reason(pod: Mapping[str, Any]) -> str:
+    """Why a reader pod has not started yet (an autoscaler may still add a node for it)."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"not scheduled: {cond.get('message') or cond.get('reason')}"
+    return f"phase {(pod.get('status') or {}).get('phase') or 'Pending'}"
 
 
 def _running(pod: Mapping[str, Any]) -> bool:
@@ -207,11 +212,12 @@ def download_outputs(
 
 def _wait_pod(client: Client, namespace: str, pod: str, deadline: float) -> None:
     """Wait until the reader runs; SimTaskError when it cannot, or not before `deadline`."""
+    last = "not seen yet"
     with api_errors(f"watching reader pod/{pod}"):
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise SimTaskError(f"reader pod/{pod} did not start in time")
+                raise SimTaskError(f"reader pod/{pod} did not start in time ({last})")
             w = watch.Watch()
             for event in w.stream(
                 client.core.list_namespaced_pod,
@@ -225,6 +231,7 @@ def _wait_pod(client: Client, namespace: str, pod: str, deadline: float) -> None
                 if _running(obj):
                     w.stop()
                     return
+                last = _pending_reason(obj)
                 problem = _pod_problem(obj)
                 if problem is not None:
                     w.stop()

@@ -204,8 +204,15 @@ class Task:
         return _logs.follow_log(self.client, self.obj, number, tail)
 
     def download_outputs(
-        self, directory: str | os.PathLike[str], *, image: str | None = None
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        image: str | None = None,
+        start_timeout: float = 300,
     ) -> Path:
         """Copy the task's /outputs (its `spec.outputs` claim) into `directory`, through a
-        short-lived read-only reader pod that is deleted afterwards; returns the path."""
-        return download_outputs(self.client, self.refresh().obj, directory, image=image)
+        short-lived read-only reader pod that is deleted afterwards (also on Ctrl-C);
+        returns the path. SimTaskError when the reader has not started in `start_timeout`."""
+        return download_outputs(
+            self.client, self.refresh().obj, directory, image=image, start_timeout=start_timeout
+        )
