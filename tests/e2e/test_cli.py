@@ -158,6 +158,10 @@ def test_hold_release_and_kill(namespace: str) -> None:
     proc = simtask("wait", "endless", "-n", namespace, "--timeout", f"{5 + HEADROOM}s")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert phases_printed(proc.stdout, "endless")[-1] == "Killed"
+    # A killed task can be retried: the same write takes the kill back.
+    assert simtask("retry", "endless", "-n", namespace).returncode == 0
+    task = wait_phase(namespace, "endless", "ComputationStarted")
+    assert task["status"]["attempt"] == 2 and task["spec"]["kill"] is False
 
     apply(namespace, task_manifest("later", duration="1s", machineGroup="no-such-group"))
     wait_phase(namespace, "later", "Submitted")

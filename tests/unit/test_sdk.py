@@ -11,6 +11,7 @@ from simtask import names
 from simtask.cli.main import cli
 from simtask.sdk import logs
 from simtask.sdk.client import BATCHES, TASKS
+from simtask.sdk.operations import retry_patch
 from simtask.sdk.outcome import Change, batch_final_phase, task_changes, task_final_phase
 from simtask.sdk.outputs import READER_LABELS, reader_pod
 from simtask.sdk.waiting import Ref, _Tracker
@@ -118,6 +119,19 @@ def test_a_batch_change_is_reported_when_its_phase_or_counts_move() -> None:
         (("total", 2), ("pending", 2)),
         (("total", 2), ("pending", 1), ("Submitted", 1)),
     ]
+
+
+# --- retry ---------------------------------------------------------------------------
+
+
+def test_retry_raises_the_counter_from_what_it_read_with_that_version_as_precondition() -> None:
+    obj = task(retry=2)
+    assert retry_patch(obj) == {"metadata": {"resourceVersion": "48213"}, "spec": {"retry": 3}}
+    assert retry_patch(task())["spec"] == {"retry": 1}
+
+
+def test_retrying_a_killed_task_takes_the_kill_back_in_the_same_write() -> None:
+    assert retry_patch(task(kill=True, retry=1))["spec"] == {"retry": 2, "kill": False}
 
 
 # --- logs ------------------------------------------------------------------------------

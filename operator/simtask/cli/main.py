@@ -484,6 +484,9 @@ def _spec_command(verb: str, doc: str) -> None:
             for ref in selected(client, names, selector, all_namespaces):
                 cls = Batch if ref.kind is BATCHES else Task
                 obj = cls(client.get(ref.kind, ref.namespace, ref.name), client=client)
+                if verb == "retry" and selector and obj.phase == "Success":
+                    out.print(f"{ref.kind.ref(ref.name)} succeeded: not retried")
+                    continue
                 if verb == "retry":
                     counter = obj.retry_failed() if isinstance(obj, Batch) else obj.retry()
                     out.print(f"{ref.kind.ref(ref.name)} retry requested (spec.retry={counter})")

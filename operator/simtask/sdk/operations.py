@@ -15,6 +15,17 @@ def set_spec(client: Client, kind: Kind, namespace: str, name: str, **fields: An
     client.patch(kind, namespace, name, {"spec": fields})
 
 
+def retry_patch(obj: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that raises `obj`'s `spec.retry` by one, guarded by its
+    resourceVersion. A killed object also gets `kill: false`: only the update that raises
+    the counter may take a kill back, and the new attempt must not be killed at once."""
+    spec = obj.get("spec") or {}
+    wanted: dict[str, Any] = {"retry": int(spec.get("retry") or 0) + 1}
+    if spec.get("kill"):
+        wanted["kill"] = False
+    return {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "spec": wanted}
+
+
 def raise_retry(client: Client, kind: Kind, namespace: str, name: str) -> int:
     """Raise `spec.retry` by one without losing a concurrent raise; return the new value.
 
@@ -23,19 +34,12 @@ def raise_retry(client: Client, kind: Kind, namespace: str, name: str) -> int:
     reads the object again and raises the counter from there.
     """
     for _ in range(RETRY_CONFLICTS):
-        obj = client.get(kind, namespace, name)
-        wanted = int((obj.get("spec") or {}).get("retry") or 0) + 1
-        version = obj["metadata"]["resourceVersion"]
+        patch = retry_patch(client.get(kind, namespace, name))
         try:
-            client.patch(
-                kind,
-                namespace,
-                name,
-                {"metadata": {"resourceVersion": version}, "spec": {"retry": wanted}},
-            )
+            client.patch(kind, namespace, name, patch)
         except ConflictError:
             continue
-        return wanted
+        return int(patch["spec"]["retry"])
     raise ConflictError(
         f"{kind.ref(name)} in namespace {namespace} kept changing: "
         f"spec.retry not raised after {RETRY_CONFLICTS} tries"
