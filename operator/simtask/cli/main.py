@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from simtask.cli import format as fmt
@@ -48,7 +49,7 @@ _KIND_PREFIXES = {
 
 def fail(message: str, code: int = fmt.EXIT_ERROR) -> NoReturn:
     """Say what went wrong on stderr and exit with `code`."""
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {escape(message)}")
     sys.exit(code)
 
 
@@ -463,7 +464,7 @@ def outputs(
         task = _task_of(client, name, index)
         target = task.download_outputs(directory, image=image, start_timeout=seconds)
         files = sum(1 for p in target.rglob("*") if p.is_file())
-        out.print(f"simtask/{task.name}: {files} file(s) in {target}")
+        out.print(escape(f"simtask/{task.name}: {files} file(s) in {target}"))
 
 
 def _spec_command(verb: str, doc: str) -> None:
@@ -552,7 +553,7 @@ def history(
     """
     with user_errors():
         client = connect(kubeconfig, context, namespace)
-        task = Task.get(name, client=client)
+        task = Task.get(name.rpartition("/")[2], client=client)
         if output:
             status = task.obj.get("status") or {}
             emit(
@@ -622,7 +623,7 @@ def summary(
     """
     with user_errors():
         client = connect(kubeconfig, context, namespace)
-        bare = name.partition("/")[2] if "/" in name else name
+        bare = name.rpartition("/")[2]
         result: BatchSummary = Batch.get(bare, client=client).summary()
         if output:
             data = dict(vars(result))

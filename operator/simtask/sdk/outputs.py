@@ -154,7 +154,7 @@ def _pending_reason(pod: Mapping[str, Any]) -> str:
 def _running(pod: Mapping[str, Any]) -> bool:
     status = pod.get("status") or {}
     return status.get("phase") == "Running" and all(
-        (cs.get("state") or {}).get("running") for cs in status.get("containerStatuses") or [{}]
+        "running" in (cs.get("state") or {}) for cs in status.get("containerStatuses") or [{}]
     )
 
 
@@ -225,6 +225,8 @@ def _wait_pod(client: Client, namespace: str, pod: str, deadline: float) -> None
                 field_selector=f"metadata.name={pod}",
                 timeout_seconds=max(1, int(min(remaining, 60))),
             ):
+                if not event:  # a blank line of the stream
+                    continue
                 obj = client.api.sanitize_for_serialization(event["object"])
                 if event["type"] == "DELETED":
                     raise SimTaskError(f"reader pod/{pod} was deleted before it ran")

@@ -20,6 +20,8 @@ from simtask.sdk.outputs import download_outputs
 from simtask.sdk.waiting import DELETED, OnChange, Ref, wait_for
 from simtask.sdk.watching import wait_until
 
+#: Phases in which the current attempt's simulator has not started, so has no log yet.
+_NO_LOG_YET = (None, Phase.PENDING_INPUT, Phase.HELD, Phase.SUBMITTED, Phase.STARTED)
 #: The prefix of a generated task name.
 GENERATED_NAME_PREFIX = "task-"
 
@@ -184,7 +186,7 @@ class Task:
         self, *, attempt: int | None = None, tail: int | None = None, timeout: float | None = None
     ) -> Iterator[str]:
         """The log's lines as they are written, until the simulator ends. Waits (up to
-        `timeout` seconds) for the attempt to start first."""
+        `timeout` seconds) for the current attempt's simulator to start first."""
         import time
 
         self.refresh()
@@ -192,10 +194,9 @@ class Task:
         if number == _logs.current_attempt(self.obj):
 
             def started(obj: dict[str, Any]) -> bool:
+                # Until the simulator runs, its container has no log to read.
                 phase = parse_phase((obj.get("status") or {}).get("phase"))
-                return phase not in (None, Phase.PENDING_INPUT, Phase.HELD, Phase.SUBMITTED) or (
-                    task_final_phase(obj) is not None
-                )
+                return phase not in _NO_LOG_YET or task_final_phase(obj) is not None
 
             deadline = None if timeout is None else time.monotonic() + timeout
             self.obj = wait_until(

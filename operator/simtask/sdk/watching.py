@@ -70,6 +70,8 @@ def _pump(client: Client, stream: Stream, out: queue.Queue[Any], stop: threading
                         if stop.is_set():
                             w.stop()
                             return
+                        if not event:  # a blank line of the stream
+                            continue
                         obj = event["object"]
                         if event["type"] in ("ADDED", "MODIFIED"):
                             out.put(obj)
