@@ -163,7 +163,8 @@ def test_hold_release_and_kill(namespace: str) -> None:
     task = wait_phase(namespace, "endless", "ComputationStarted")
     assert task["status"]["attempt"] == 2 and task["spec"]["kill"] is False
 
-    apply(namespace, task_manifest("later", duration="1s", machineGroup="no-such-group"))
+    # No node has 64 CPUs: its pod waits unscheduled, and a hold still applies.
+    apply(namespace, task_manifest("later", duration="1s", resources={"cpu": "64"}))
     wait_phase(namespace, "later", "Submitted")
     assert simtask("hold", "later", "-n", namespace).returncode == 0
     wait_phase(namespace, "later", "Held")

@@ -13,7 +13,7 @@ from simtask.sdk import logs
 from simtask.sdk.client import BATCHES, TASKS
 from simtask.sdk.operations import retry_patch
 from simtask.sdk.outcome import Change, batch_final_phase, task_changes, task_final_phase
-from simtask.sdk.outputs import READER_LABELS, reader_pod
+from simtask.sdk.outputs import READER_LABELS, exec_status, reader_pod
 from simtask.sdk.waiting import Ref, _Tracker
 from tests.unit.fixtures import task, ts
 
@@ -193,6 +193,18 @@ def test_the_reader_of_a_running_task_goes_to_its_node() -> None:
     assert terms == [
         {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["cpu-standard-2"]}]}
     ]
+
+
+def test_the_exit_status_of_tar_in_the_reader() -> None:
+    assert exec_status("") == (0, "")
+    assert exec_status('{"metadata":{},"status":"Success"}') == (0, "")
+    failed = (
+        '{"status":"Failure","message":"command terminated with non-zero exit code",'
+        '"reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"2"}]}}'
+    )
+    assert exec_status(failed) == (2, "command terminated with non-zero exit code")
+    refused = r'{"status":"Failure","message":"container not found (\"reader\")"}'
+    assert exec_status(refused) == (1, 'container not found ("reader")')
 
 
 # --- the CLI's answers to bad input: a message and exit 2, never a traceback --------------

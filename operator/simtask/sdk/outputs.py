@@ -6,6 +6,7 @@ by itself (`activeDeadlineSeconds`) and goes with the task (ownerReference)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 import time
@@ -16,6 +17,7 @@ from typing import Any
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream as ws_stream
+from kubernetes.stream.ws_client import ERROR_CHANNEL
 
 from simtask import API_VERSION, names
 from simtask.sdk.client import Client, SimTaskError, api_errors
@@ -240,6 +242,23 @@ def _wait_pod(client: Client, namespace: str, pod: str, deadline: float) -> None
                     raise SimTaskError(f"reader pod/{pod}: {problem}")
 
 
+def exec_status(text: str) -> tuple[int, str]:
+    """The exit code and message of an exec session, from its error channel (a Status
+    object); an empty channel means the command exited 0."""
+    if not text.strip():
+        return 0, ""
+    try:
+        status = json.loads(text)
+    except ValueError:
+        return 1, text.strip()
+    if status.get("status") == "Success":
+        return 0, ""
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            return int(cause.get("message") or 1), str(status.get("message") or "")
+    return 1, str(status.get("message") or text.strip())
+
+
 def _copy(client: Client, namespace: str, pod: str, target: Path) -> None:
     with api_errors(f"running tar in reader pod/{pod}"):
         session = ws_stream(
@@ -256,25 +275,29 @@ def _copy(client: Client, namespace: str, pod: str, target: Path) -> None:
             _preload_content=False,
         )
     reader = _ExecReader(session)
+    failure: str | None = None
     try:
-        with tarfile.open(fileobj=io.BufferedReader(reader), mode="r|") as archive:
-            archive.extractall(target, filter="data")
-        while session.is_open():  # drain to the end, for the exit status
+        try:
+            with tarfile.open(fileobj=io.BufferedReader(reader), mode="r|") as archive:
+                archive.extractall(target, filter="data")
+        except tarfile.TarError as exc:
+            failure = str(exc)
+        while session.is_open():  # to the end, for the exit status
             session.update(timeout=1)
             if session.peek_stderr():
                 reader.stderr += session.read_stderr()
-        code = session.returncode
-    except tarfile.TarError as exc:
-        raise SimTaskError(
-            f"the copy from reader pod/{pod} failed: {exc}; tar said: "
-            f"{reader.stderr.decode(errors='replace').strip() or 'nothing'}"
-        ) from None
+        raw = session.read_channel(ERROR_CHANNEL)
+        code, message = exec_status(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)
     finally:
         session.close()
-    if code not in (0, None):
+    said = reader.stderr.decode(errors="replace").strip()
+    if code != 0 or failure is not None:
+        details = "; ".join(part for part in (message, said and f"tar said: {said}") if part)
         raise SimTaskError(
-            f"tar in reader pod/{pod} exited {code}: "
-            f"{reader.stderr.decode(errors='replace').strip()}"
+            f"copying from reader pod/{pod} failed"
+            + (f" (exit code {code})" if code else "")
+            + (f": {failure}" if failure else "")
+            + (f"; {details}" if details else "")
         )
 
 
