@@ -1,86 +1,45 @@
 """Logs and outputs through `kubectl simtask` on the local cluster, where kwok's simulated
 kubelets serve container logs and run `exec` (SPEC §7).
 
-What is simulated, and how: no container runs on the local cluster, so a test says what
-the simulator "printed" by pointing kwok at a file in the CRI log format (a `ClusterLogs`
-object for the test's namespace), and what the claim holds by pointing kwok's local `exec`
-at a directory (a `ClusterExec` object): `tar` then really runs, on this machine, in that
-directory. Everything between is real: the API server's log and exec endpoints, the
-node's kubelet endpoint (kwok's), the PersistentVolume binding, the scheduler, the reader
-pod, the operator's kept-log ConfigMaps.
+What is simulated, and how (the local cluster's helpers, hack/testbed): what a simulator
+"prints" is a file in the CRI log format that kwok serves as every container's log in the
+test's namespace (`serve_pod_logs`, `append_pod_log`); what `exec` runs, runs on this
+machine in a directory standing for the container's filesystem (`serve_pod_exec`), so the
+reader pod's `tar -C /outputs` really runs, in `<root>/outputs`. Everything between is
+real: the API server's log and exec endpoints, the node's kubelet endpoint (kwok's), the
+PersistentVolume binding, the scheduler, the reader pod, the operator's kept-log ConfigMaps.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
-import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import eventually, kubectl, kubectl_json
+from tests.e2e.cluster import eventually, kubectl, kubectl_json, testbed
 from tests.e2e.simtask_cli import simtask, start
 from tests.e2e.tasks import HEADROOM, apply, get, pods_of, task_manifest, wait_phase
 
 pytestmark = pytest.mark.usefixtures("operator")
 
-KWOK_API = "kwok.x-k8s.io/v1alpha1"
 READER_SELECTOR = "app.kubernetes.io/name=simtask-outputs-reader"
 
 
-def cri_log(lines: list[str]) -> str:
-    """`lines` as a container runtime writes them: time, stream, full-line tag, text."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
-    return "".join(f"{now} stdout F {line}\n" for line in lines)
-
-
-@pytest.fixture
-def kwok_objects() -> Iterator[Callable[[str, dict[str, Any]], None]]:
-    """Create cluster-scoped kwok objects (ClusterLogs, ClusterExec); delete them after."""
-    made: list[tuple[str, str]] = []
-
-    def make(kind: str, spec: dict[str, Any]) -> None:
-        name = f"e2e-{uuid.uuid4().hex[:8]}"
-        body = {"apiVersion": KWOK_API, "kind": kind, "metadata": {"name": name}, "spec": spec}
-        kubectl("apply", "-f", "-", input_text=json.dumps(body))
-        made.append((kind.lower(), name))
-
-    yield make
-    for kind, name in made:
-        kubectl("delete", f"{kind}.kwok.x-k8s.io", name, "--ignore-not-found", "--wait=false")
-
-
-@pytest.fixture
-def printed(
-    namespace: str, tmp_path: Path, kwok_objects: Callable[[str, dict[str, Any]], None]
-) -> Callable[[list[str]], None]:
-    """Make every simulator container of the test's namespace print `lines`."""
-
-    def make(lines: list[str]) -> None:
-        path = tmp_path / "simulator.log"
-        path.write_text(cri_log(lines))
-        kwok_objects(
-            "ClusterLogs",
-            {
-                "selector": {"matchNamespaces": [namespace]},
-                "logs": [{"containers": ["simulator"], "logsFile": str(path), "follow": True}],
-            },
-        )
-
-    return make
+def printed(namespace: str, lines: list[str]) -> Path:
+    """Make every container of `namespace` print `lines`; returns the log file to append to."""
+    path = Path(testbed.serve_pod_logs(namespace))
+    testbed.append_pod_log(path, lines)
+    return path
 
 
 LINES = ["solver 2.4 starting", "step 1 residual 1.0e-03", "step 2 residual 1.0e-05"]
 
 
-def test_kubectl_logs_and_simtask_logs_show_what_the_pod_printed(
-    namespace: str, printed: Callable[[list[str]], None]
-) -> None:
-    printed(LINES)
+def test_kubectl_logs_and_simtask_logs_show_what_the_pod_printed(namespace: str) -> None:
+    printed(namespace, LINES)
     apply(namespace, task_manifest("cavity", duration="60s"))
     task = wait_phase(namespace, "cavity", "ComputationStarted")
     pod = task["status"]["podName"]
@@ -95,12 +54,10 @@ def test_kubectl_logs_and_simtask_logs_show_what_the_pod_printed(
     assert proc.stdout.splitlines() == LINES[-1:]
 
 
-def test_logs_follow_shows_the_lines_as_they_come(
-    namespace: str, printed: Callable[[list[str]], None]
-) -> None:
-    printed(LINES)
-    apply(namespace, task_manifest("live", duration="60s"))
-    # -f before the pod runs: it waits for the attempt to start, then streams.
+def test_logs_follow_shows_the_lines_as_they_come(namespace: str) -> None:
+    log = printed(namespace, LINES[:2])
+    apply(namespace, task_manifest("live", duration="120s"))
+    # -f before the simulator runs: it waits for it, then streams.
     proc = start("logs", "live", "-f", "-n", namespace)
     seen: list[str] = []
 
@@ -109,19 +66,21 @@ def test_logs_follow_shows_the_lines_as_they_come(
         for line in proc.stdout:
             seen.append(line.rstrip("\n"))
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    threading.Thread(target=read, daemon=True).start()
     try:
-        eventually(lambda: seen[: len(LINES)] == LINES, timeout=5 + HEADROOM, what=f"{LINES}")
+        eventually(lambda: seen == LINES[:2], timeout=5 + HEADROOM, what=f"{LINES[:2]}")
+        testbed.append_pod_log(log, LINES[2:])  # printed while it is followed
+        eventually(lambda: seen == LINES, timeout=HEADROOM, what=f"{LINES}")
     finally:
         proc.terminate()
-        proc.wait(timeout=HEADROOM)
+        try:
+            proc.wait(timeout=HEADROOM)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
-def test_the_kept_log_of_a_failed_attempt_outlives_its_pod_and_job(
-    namespace: str, printed: Callable[[list[str]], None]
-) -> None:
-    printed([*LINES, "FATAL: solution diverged"])
+def test_the_kept_log_of_a_failed_attempt_outlives_its_pod_and_job(namespace: str) -> None:
+    printed(namespace, [*LINES, "FATAL: solution diverged"])
     apply(namespace, task_manifest("diverges", duration="2s", exit_code=3))
     task = wait_phase(namespace, "diverges", "Failed", within=6)
     job = task["status"]["attempts"][0]["jobName"]
@@ -199,20 +158,16 @@ def bound_claim(namespace: str, name: str, directory: Path) -> str:
 
 
 def test_outputs_copies_the_claims_files_through_a_reader_pod(
-    namespace: str, tmp_path: Path, kwok_objects: Callable[[str, dict[str, Any]], None]
+    namespace: str, tmp_path: Path
 ) -> None:
+    # The claim's files, as the simulator left them, where the reader's /outputs stands.
     claim_dir = tmp_path / "claim"
     (claim_dir / "postProcessing").mkdir(parents=True)
     (claim_dir / "log.simpleFoam").write_text("End\n")
     (claim_dir / "postProcessing" / "forces.dat").write_bytes(bytes(range(256)) * 64)
+    root = Path(testbed.serve_pod_exec(namespace))
+    (root / "outputs").symlink_to(claim_dir)
     pv = bound_claim(namespace, "results", claim_dir)
-    kwok_objects(
-        "ClusterExec",
-        {
-            "selector": {"matchNamespaces": [namespace]},
-            "execs": [{"containers": ["reader"], "local": {"workDir": str(claim_dir)}}],
-        },
-    )
     try:
         apply(
             namespace,

@@ -76,7 +76,6 @@ def reader_pod(
                 "name": READER_CONTAINER,
                 "image": image,
                 "command": ["sleep", str(lifetime)],
-                # exec'd commands start here, so `tar -cf - .` reads the outputs.
                 "workingDir": names.OUTPUTS_DIR,
                 "resources": {
                     "requests": {"cpu": "10m", "memory": "16Mi"},
@@ -266,7 +265,7 @@ def _copy(client: Client, namespace: str, pod: str, target: Path) -> None:
             pod,
             namespace,
             container=READER_CONTAINER,
-            command=["tar", "-cf", "-", "."],
+            command=["tar", "-cf", "-", "-C", names.OUTPUTS_DIR, "."],
             stdin=False,
             stdout=True,
             stderr=True,
