@@ -230,7 +230,9 @@ class _BatchProgress:
         counts = dict(change.counts)
         ended = sum(n for phase, n in counts.items() if phase in ALWAYS_TERMINAL)
         if change.name not in self.bars:
-            self.bars[change.name] = self.progress.add_task(f"simbatch/{change.name}")
+            self.bars[change.name] = self.progress.add_task(
+                f"simbatch/{change.name}", total=counts.get("total", 0)
+            )
         self.progress.update(self.bars[change.name], total=counts.get("total", 0), completed=ended)
 
 
