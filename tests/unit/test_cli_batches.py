@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from simtask.cli import main
-from simtask.sdk.client import ConflictError, Kind, NotFoundError
+from simtask.sdk.batch import Batch
+from simtask.sdk.client import BATCHES, ConflictError, Kind, NotFoundError
 from tests.unit.fixtures import task
 
 
@@ -24,6 +25,7 @@ def batch(phase: str, **status: Any) -> dict[str, Any]:
             "namespace": "research",
             "generation": 1,
             "resourceVersion": "7",
+            "uid": "b-uid",
         },
         "spec": {"template": {"image": "x"}, "count": 4, "retry": 0},
         "status": {"phase": phase, "observedGeneration": 1, **status},
@@ -141,6 +143,7 @@ def test_kill_hold_release_of_a_batch() -> None:
 def test_logs_of_a_batch_instance_by_index() -> None:
     instance = task("sweep-2")
     instance["metadata"]["labels"] = {"simtask.dev/batch": "sweep", "simtask.dev/index": "2"}
+    instance["metadata"]["ownerReferences"] = [{"kind": "SimulationBatch", "uid": "b-uid"}]
     instance["status"] = {"phase": "ComputationStarted", "attempt": 1, "podName": "sweep-2-a1-x"}
     fake = FakeClient(batch("Running"), instance)
     result = run(fake, "logs", "sweep", "--index", "2", "--tail", "5")
@@ -149,6 +152,28 @@ def test_logs_of_a_batch_instance_by_index() -> None:
     assert fake.core.read == [
         ("sweep-2-a1-x", "research", {"container": "simulator", "tail_lines": 5})
     ]
+
+
+def test_a_batchs_instances_are_the_tasks_it_owns() -> None:
+    def instance(name: str, index: int, owner: str, phase: str) -> dict[str, Any]:
+        obj = task(name)
+        obj["metadata"]["labels"] = {"simtask.dev/batch": "sweep", "simtask.dev/index": str(index)}
+        obj["metadata"]["ownerReferences"] = [{"kind": "SimulationBatch", "uid": owner}]
+        obj["status"] = {"phase": phase}
+        return obj
+
+    fake = FakeClient(
+        batch("Running"),
+        instance("sweep-10", 10, "b-uid", "Failed"),
+        instance("sweep-2", 2, "b-uid", "Success"),
+        instance("sweep-3", 3, "b-uid", "Failed"),
+        # A task of an older batch of the same name, left behind: not an instance of this one.
+        instance("stale-3", 3, "old-uid", "Failed"),
+    )
+    sweep = Batch(fake.get(BATCHES, "research", "sweep"), client=fake)
+    assert [t.name for t in sweep.tasks()] == ["sweep-2", "sweep-3", "sweep-10"]
+    assert [t.name for t in sweep.tasks(phase="Failed")] == ["sweep-3", "sweep-10"]
+    assert sweep.task(3).name == "sweep-3"
 
 
 def test_logs_of_a_batch_needs_an_index_and_an_instance_that_exists() -> None:

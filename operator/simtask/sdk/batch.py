@@ -132,17 +132,31 @@ class Batch:
         """Its counts and index ranges now (reads the batch again)."""
         return BatchSummary.of(self.refresh().obj)
 
+    def _instances(self, index: int | None = None) -> list[Task]:
+        """Its instances: tasks it owns, found by the labels the operator puts on them
+        (the batch label is left out for a name too long to be a label value)."""
+        selector = [f"{LABEL_BATCH}={self.name}"] if len(self.name) <= 63 else []
+        if index is not None:
+            selector.append(f"{LABEL_INDEX}={index}")
+        uid = self.obj["metadata"].get("uid")
+        found = Task.list(self.namespace, selector=",".join(selector) or None, client=self.client)
+        return [
+            t
+            for t in found
+            if LABEL_INDEX in (t.obj["metadata"].get("labels") or {})
+            and any(o.get("uid") == uid for o in t.obj["metadata"].get("ownerReferences") or [])
+        ]
+
     def tasks(self, phase: str | Phase | None = None) -> list[Task]:
         """Its instances (SimulationTasks), by index; only those in `phase` when given."""
-        tasks = Task.list(self.namespace, selector=f"{LABEL_BATCH}={self.name}", client=self.client)
+        tasks = self._instances()
         if phase is not None:
             tasks = [t for t in tasks if t.phase == str(phase)]
-        return sorted(tasks, key=lambda t: int(t.obj["metadata"]["labels"].get(LABEL_INDEX, 0)))
+        return sorted(tasks, key=lambda t: int(t.obj["metadata"]["labels"][LABEL_INDEX]))
 
     def task(self, index: int) -> Task:
         """The instance with `index` (NotFoundError when it has no task yet)."""
-        selector = f"{LABEL_BATCH}={self.name},{LABEL_INDEX}={index}"
-        found = Task.list(self.namespace, selector=selector, client=self.client)
+        found = self._instances(index)
         if not found:
             raise NotFoundError(f"simbatch/{self.name} has no task for index {index} (yet)")
         return found[0]
