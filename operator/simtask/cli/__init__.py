@@ -1,0 +1,1 @@
+"""`kubectl simtask`: the command-line tool, a thin layer over `simtask.sdk`."""
