@@ -76,6 +76,7 @@ def test_default_objects(chart: Chart) -> None:
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "Role",
             "RoleBinding",
