@@ -189,7 +189,11 @@ class Operator:
 
 RELEASE = "simtask-operator"
 RELEASE_NAMESPACE = "simtask-system"
-CRD_NAMES = ("simulationtasks.simtask.dev", "machinegroups.simtask.dev")
+CRD_NAMES = (
+    "simulationtasks.simtask.dev",
+    "machinegroups.simtask.dev",
+    "simulationbatches.simtask.dev",
+)
 
 
 @pytest.fixture(scope="session")
