@@ -337,3 +337,27 @@ def test_instance_names_fit_in_63_characters() -> None:
     long = names.instance_name("b" * 70, 99_999)
     assert len(long) == 63 and long.endswith("-99999")
     assert long != names.instance_name("b" * 69 + "c", 99_999)
+
+
+def test_the_sweep_example() -> None:
+    """examples/sweep.yaml: its template is a valid task spec on groups of the same file, one
+    parameter item per instance, and its first pass starts `parallelism` instances."""
+    from pathlib import Path
+
+    import yaml
+
+    from simtask.api import parse_task_spec
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "sweep.yaml"
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    groups = {d["metadata"]["name"] for d in docs if d["kind"] == "MachineGroup"}
+    (sweep,) = [d for d in docs if d["kind"] == "SimulationBatch"]
+    template = parse_task_spec(sweep["spec"]["template"])
+    assert {template.machine_group, template.fallback_machine_group} <= groups
+    assert len(sweep["spec"]["parameters"]) == sweep["spec"]["count"]
+    sweep["metadata"].update(namespace="cfd", uid="u", generation=1)
+    d = decide_batch(sweep, Instances({}), NOW)
+    assert creates(d) == list(range(sweep["spec"]["parallelism"]))
+    first = next(a.task for a in d.actions if isinstance(a, CreateInstance))
+    pod_annotations = first["spec"]["podTemplate"]["metadata"]["annotations"]
+    assert pod_annotations["example.com/inlet-velocity"] == "2"
