@@ -224,15 +224,16 @@ class BatchController:
         self.wake_task(obj_key(created))
 
     async def _write_status(self, key: Key, batch: Obj, decision: BatchDecision) -> None:
-        """Write the status if it changed: at once when the phase moves, else at most once
-        per STATUS_EVERY seconds (the pass is then made again when the time has come)."""
+        """Write the status if it changed: at once when its headline (phase, reason, condition
+        statuses) moves, else at most once per STATUS_EVERY seconds (the pass is then made
+        again when the time has come)."""
         old = batch.get("status") or {}
         new = decision.status
         if new == old:
             return
         now = time.monotonic()
         last = self._written.get(key)
-        if old.get("phase") == new.get("phase") and last is not None:
+        if _headline(old) == _headline(new) and last is not None:
             wait = STATUS_EVERY - (now - last)
             if wait > 0:
                 self.queue.add_after(key, wait)
@@ -272,3 +273,10 @@ class BatchController:
             for phase, n in counts.items():
                 metrics.BATCHES.labels(phase).set(n)
             await asyncio.sleep(5)
+
+
+def _headline(status: Obj) -> tuple[Any, ...]:
+    """What a status write must not wait for: the phase, the reason and each condition's
+    status (the counts, sums and messages can)."""
+    conditions = tuple((c.get("type"), c.get("status")) for c in status.get("conditions") or ())
+    return status.get("phase"), status.get("reason"), conditions
