@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-#: One range string, as the CRD's OpenAPI pattern checks it.
-PATTERN = r"^[0-9]{1,6}(-[0-9]{1,6})?(,[0-9]{1,6}(-[0-9]{1,6})?)*$"
+#: One range string, as the CRD's OpenAPI pattern checks it: indexes 0 to 99999.
+PATTERN = r"^[0-9]{1,5}(-[0-9]{1,5})?(,[0-9]{1,5}(-[0-9]{1,5})?)*$"
 _PATTERN = re.compile(PATTERN)
 
 

@@ -410,14 +410,6 @@ CEL_CASES.update(
                 INDEXES_ASCENDING,
             ),
         ],
-        (BATCH, "spec.indexes may name at most 100,000 instances"): [
-            Case(
-                "100001-indexes",
-                batch_spec(count=UNSET, indexes="0-100000"),
-                "spec.indexes",
-                "spec.indexes may name at most 100,000 instances",
-            ),
-        ],
         (BATCH, PARAMETER_KEYS): [
             Case(
                 "parameter-key-with-a-dash",
@@ -599,6 +591,24 @@ OPENAPI_CASES: list[tuple[str, Case]] = [
     ),
     (
         BATCH,
+        Case(
+            "index-100000",
+            batch_spec(count=UNSET, indexes="0-100000"),
+            "spec.indexes",
+            SHOULD_MATCH,
+        ),
+    ),
+    (
+        BATCH,
+        Case(
+            "10001-parameters",
+            batch_spec(count=10_001, parameters=[{"A": "1"}] * 10_001),
+            "spec.parameters",
+            "must have at most 10000 items",
+        ),
+    ),
+    (
+        BATCH,
         Case("parallelism-zero", batch_spec(parallelism=0), "spec.parallelism", f"{AT_LEAST} 1"),
     ),
     (
@@ -717,6 +727,7 @@ ACCEPTED: list[tuple[str, Accepted]] = [
         ),
     ),
     (BATCH, Accepted("100000-instances", batch_spec(count=100_000))),
+    (BATCH, Accepted("index-99999", batch_spec(count=UNSET, indexes="0-99999"))),
     (BATCH, Accepted("touching-ranges", batch_spec(count=UNSET, indexes="0-3,3-5,6"))),
     (BATCH, Accepted("unkill-with-retry", batch_spec(kill=True), {"kill": False, "retry": 1})),
     (GROUP, Accepted("minimal", group_spec())),

@@ -25,7 +25,7 @@ def test_parse(text: str, indexes: list[int]) -> None:
     assert ranges.parse(text) == indexes
 
 
-@pytest.mark.parametrize("text", ["-1", "1-", "a", "1,,2", "1 ,2", "3-1", ",", "1-2-3", "1234567"])
+@pytest.mark.parametrize("text", ["-1", "1-", "a", "1,,2", "1 ,2", "3-1", ",", "1-2-3", "123456"])
 def test_parse_refuses(text: str) -> None:
     with pytest.raises(ranges.RangeError):
         ranges.parse(text)
