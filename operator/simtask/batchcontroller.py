@@ -172,7 +172,10 @@ class BatchController:
                     updated = await self.kube.merge_patch(
                         task_path(ns, action.name), action.patch, resource="simulationtasks"
                     )
+                    # Its watch event will come with this version and be taken for an echo
+                    # of the task controller's own write: that controller is told here.
                     self.tasks.apply_write(updated)
+                    self.wake_task(obj_key(updated))
 
         writes = [a for a in decision.actions if isinstance(a, CreateInstance | PatchInstance)]
         results = await asyncio.gather(*(one(a) for a in writes), return_exceptions=True)

@@ -48,7 +48,12 @@ class FakeKube:
 
     async def merge_patch(self, path: str, body: Obj, *, resource: str) -> Obj:
         self.writes.append(("patch", path))
-        assert resource == "simulationbatches"
+        if resource == "simulationtasks":
+            name = path.rsplit("/", 1)[-1]
+            task = self._stamp(self.tasks[name])
+            task["spec"] = {**task["spec"], **body.get("spec", {})}
+            self.tasks[name] = task
+            return task
         batch = self._stamp(self.batch)
         batch["status"] = {**(self.batch.get("status") or {}), **body["status"]}
         self.batch = batch
@@ -160,5 +165,28 @@ def test_status_writes_are_batched_phase_changes_are_not() -> None:
         assert len([w for w in kube.writes if w[0] == "patch"]) == 3
         batch = batches.get(key)
         assert batch is not None and batch["status"]["phase"] == "Success"
+
+    asyncio.run(main())
+
+
+def test_a_patched_instance_is_handed_to_the_task_controller() -> None:
+    """The patch's own watch event looks like an echo to the task controller's listener, so
+    the batch controller wakes the task itself (a kill reached an instance 20 s late)."""
+
+    async def main() -> None:
+        batch = batch_obj(count=1)
+        task = instance_task(batch, 0, {})
+        task["metadata"].update(uid="t0", resourceVersion="9")
+        task["status"] = {"phase": "ComputationStarted"}
+        kube = FakeKube({"sweep-0": task})
+        batch["spec"]["kill"] = True
+        c, _, tasks, woken = controller(kube, batch)
+        await c.reconcile(("lab", "sweep"))
+        assert ("patch", "/apis/simtask.dev/v1alpha1/namespaces/lab/simulationtasks/sweep-0") in (
+            kube.writes
+        )
+        patched = tasks.get(("lab", "sweep-0"))
+        assert patched is not None and patched["spec"]["kill"] is True
+        assert woken == [("lab", "sweep-0")]
 
     asyncio.run(main())
