@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int)
     p.add_argument("--create-threads", type=int, default=16)
     p.add_argument("--settle", type=float, default=3.0)
-    p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--timeout", type=float, default=3600.0, help="limit on each side (s)")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
