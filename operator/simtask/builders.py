@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -59,7 +60,9 @@ def build_job(
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "containers": [_container(task_name, spec, attempt, previous_attempt_phase)],
+        "containers": [
+            _container(task_name, spec, attempt, previous_attempt_phase, batch_env(task))
+        ],
     }
     if spec.get("timeToLive"):
         pod_spec["activeDeadlineSeconds"] = active_deadline_seconds(str(spec["timeToLive"]))
@@ -128,11 +131,44 @@ def active_deadline_seconds(time_to_live: str) -> int:
     return max(1, math.ceil(parse_duration(time_to_live).total_seconds()))
 
 
+def batch_env(task: Obj) -> dict[str, str]:
+    """SIMTASK_BATCH, SIMTASK_INDEX and SIMTASK_PARAM_<KEY> of an instance of a
+    SimulationBatch (from its controller reference, index label and parameters
+    annotation); nothing for a task of no batch."""
+    meta: Obj = task.get("metadata") or {}
+    batch = next(
+        (
+            ref.get("name")
+            for ref in meta.get("ownerReferences") or ()
+            if ref.get("controller") and ref.get("kind") == "SimulationBatch"
+        ),
+        None,
+    )
+    index = (meta.get("labels") or {}).get(names.LABEL_INDEX)
+    if not batch or index is None:
+        return {}
+    env = {names.ENV_BATCH: str(batch), names.ENV_INDEX: str(index)}
+    try:
+        params = json.loads(
+            (meta.get("annotations") or {}).get(names.ANNOTATION_PARAMETERS) or "{}"
+        )
+    except ValueError:
+        params = {}
+    if isinstance(params, dict):
+        env.update({names.ENV_PARAM_PREFIX + str(k): str(v) for k, v in params.items()})
+    return env
+
+
 def _container(
-    task_name: str, spec: Obj, attempt: int, previous_attempt_phase: str | None
+    task_name: str,
+    spec: Obj,
+    attempt: int,
+    previous_attempt_phase: str | None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The one `simulator` container."""
     ours = {
+        **(extra_env or {}),
         names.ENV_TASK: task_name,
         names.ENV_ATTEMPT: str(attempt),
         names.ENV_PREVIOUS_ATTEMPT_PHASE: previous_attempt_phase or "",

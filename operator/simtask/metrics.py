@@ -53,6 +53,7 @@ WORKQUEUE_WAIT = Histogram(
 WORKQUEUE_RETRIES = Counter(
     "simtask_workqueue_retries_total", "Keys put back with backoff after a failed pass", ["queue"]
 )
+BATCHES = Gauge("simtask_batches", "SimulationBatches by phase", ["phase"])
 LEADER = Gauge("simtask_leader", "1 while this replica leads (or runs without election)")
 
 

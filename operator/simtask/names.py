@@ -48,3 +48,28 @@ def job_name(task_name: str, attempt: int) -> str:
     digest = hashlib.sha256(task_name.encode()).hexdigest()[:8]
     keep = _MAX_NAME - len(suffix) - len(digest) - 1
     return f"{task_name[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+#: On every instance of a SimulationBatch: the batch's name (omitted when too long).
+LABEL_BATCH = f"{GROUP}/batch"
+#: On every instance of a SimulationBatch: its index, as a decimal string.
+LABEL_INDEX = f"{GROUP}/index"
+#: On an instance: the batch's `spec.retry` its spec was last written for.
+ANNOTATION_BATCH_RETRY = f"{GROUP}/batch-retry"
+#: On an instance: its item of the batch's `spec.parameters`, as JSON.
+ANNOTATION_PARAMETERS = f"{GROUP}/parameters"
+
+ENV_BATCH = "SIMTASK_BATCH"
+ENV_INDEX = "SIMTASK_INDEX"
+ENV_PARAM_PREFIX = "SIMTASK_PARAM_"
+
+
+def instance_name(batch_name: str, index: int) -> str:
+    """The deterministic name of instance `index` of a batch: `<batch>-<index>`, at most 63
+    characters (a long batch name is cut and made unique with a hash of it)."""
+    suffix = f"-{index}"
+    if len(batch_name) + len(suffix) <= _MAX_NAME:
+        return batch_name + suffix
+    digest = hashlib.sha256(batch_name.encode()).hexdigest()[:8]
+    keep = _MAX_NAME - len(suffix) - len(digest) - 1
+    return f"{batch_name[:keep].rstrip('-.')}-{digest}{suffix}"

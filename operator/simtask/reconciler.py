@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from simtask import GROUP, VERSION, keptlogs, metrics, names
 from simtask.api import SimulationTaskSpec, TaskInput, parse_task_spec
+from simtask.batchcontroller import BatchController
 from simtask.builders import job_attempt
 from simtask.conditions import find_condition
 from simtask.decide import (
@@ -107,6 +108,8 @@ MOUNT_RECHECK_SECONDS = 5.0
 #: How long queue positions may lag behind the queue: one refresh of a group's waiting
 #: tasks at most this often, instead of a pass of every one on every move of the queue.
 POSITION_REFRESH = 2.0
+#: Batches reconciled at once.
+BATCH_WORKERS = 2
 #: Failures in a row of the same task after which its status shows the error (Stalled).
 STALL_AFTER = 3
 #: Logs read at once at most, and how long one read may take: a log is read beside the
@@ -195,6 +198,11 @@ class Controller:
         self.job_events = Store({"job": _event_job_uid})
         self.book = GroupBook(self.tasks, self.groups, self.nodes, self.jobs)
         self.group_controller = GroupController(kube, self.book, self.group_queue, self.queue.add)
+        self.batches = Store()
+        self.batch_queue = WorkQueue(metrics=metrics.QueueMetrics("SimulationBatch"))
+        self.batch_controller = BatchController(
+            kube, self.batches, self.tasks, self.batch_queue, self.queue.add
+        )
         self.workers = workers
         self._informer_tasks: list[asyncio.Task[None]] = []
         self._log_reads = asyncio.Semaphore(LOG_READS)
@@ -243,6 +251,9 @@ class Controller:
         self.informers = [
             *namespaced("simulationtasks", TASKS_PATH, self.tasks, self._on_task),
             informer("machinegroups", f"{TASKS_PATH}/machinegroups", self.groups, self._on_group),
+            *namespaced(
+                "simulationbatches", TASKS_PATH, self.batches, self.batch_controller.on_batch
+            ),
             *namespaced(
                 "jobs",
                 "/apis/batch/v1",
@@ -300,6 +311,13 @@ class Controller:
             self._worker(self.group_queue, self.group_controller.reconcile, "MachineGroup")
         )
         workers.append(self._gauges())
+        for key in list(self.batches.objects):
+            self.batch_queue.add(key)
+        workers += [
+            self._worker(self.batch_queue, self.batch_controller.reconcile, "SimulationBatch")
+            for _ in range(BATCH_WORKERS)
+        ]
+        workers.append(self.batch_controller.gauges())
         await asyncio.gather(*workers)
 
     async def stop(self) -> None:

@@ -218,7 +218,11 @@ def release_args(release: str = RELEASE, namespace: str = RELEASE_NAMESPACE) -> 
     return tuple(a for a in container["args"] if a.split("=", 1)[0] in INSTALL_ARGS)
 
 
-CRD_NAMES = ("simulationtasks.simtask.dev", "machinegroups.simtask.dev")
+CRD_NAMES = (
+    "simulationtasks.simtask.dev",
+    "machinegroups.simtask.dev",
+    "simulationbatches.simtask.dev",
+)
 
 
 @pytest.fixture(scope="session")

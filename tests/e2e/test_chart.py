@@ -46,6 +46,10 @@ def can_i(kubeconfig: str, *args: str) -> bool:
         (("create", "configmaps", "-n", "default"), True),
         (("update", "configmaps", "-n", "default"), False),
         (("delete", "configmaps", "-n", "default"), False),
+        # A batch's instances are tasks the operator creates.
+        (("create", "simulationtasks.simtask.dev", "-n", "default"), True),
+        (("watch", "simulationbatches.simtask.dev", "--all-namespaces"), True),
+        (("patch", "simulationbatches.simtask.dev/status", "-n", "default"), True),
         # What the operator never needs, it cannot do.
         (("create", "pods", "-n", "default"), False),
         (("delete", "pods", "-n", "default"), False),
@@ -53,7 +57,8 @@ def can_i(kubeconfig: str, *args: str) -> bool:
         (("get", "secrets", "-n", "default"), False),
         (("list", "secrets", "-n", "default"), False),
         (("update", "simulationtasks.simtask.dev", "-n", "default"), False),
-        (("create", "simulationtasks.simtask.dev", "-n", "default"), False),
+        (("create", "simulationbatches.simtask.dev", "-n", "default"), False),
+        (("update", "simulationbatches.simtask.dev", "-n", "default"), False),
         (("delete", "nodes"), False),
         (("patch", "nodes"), False),
         (("create", "clusterrolebindings.rbac.authorization.k8s.io"), False),

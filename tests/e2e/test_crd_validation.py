@@ -21,10 +21,13 @@ import yaml
 from tests.e2e.cluster import ROOT, kubectl
 from tests.e2e.tasks import IMAGE
 
+BATCH_OWNED = ("hold", "kill", "retry", "ttlAfterFinished")
+
 CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))
 API_VERSION = "simtask.dev/v1alpha1"
 TASK = "SimulationTask"
 GROUP = "MachineGroup"
+BATCH = "SimulationBatch"
 
 #: In a spec of a case: remove this field from the valid base spec.
 UNSET: Any = object()
@@ -125,6 +128,13 @@ def task_spec(**changes: Any) -> Spec:
 def group_spec(**changes: Any) -> Spec:
     """A valid MachineGroup spec, with `changes` (UNSET removes a field)."""
     spec: Spec = {"nodeSelector": {"cloud.google.com/gke-nodepool": "cpu-standard"}}
+    spec.update(changes)
+    return {k: v for k, v in spec.items() if v is not UNSET}
+
+
+def batch_spec(**changes: Any) -> Spec:
+    """A valid SimulationBatch spec, with `changes` (UNSET removes a field)."""
+    spec: Spec = {"template": task_spec(), "count": 2}
     spec.update(changes)
     return {k: v for k, v in spec.items() if v is not UNSET}
 
@@ -332,6 +342,91 @@ CEL_CASES: dict[tuple[str, str], list[Case]] = {
     ],
 }
 
+BATCH_KILL_STAYS = (
+    "spec.kill cannot be set back to false once true, except together with raising "
+    "spec.retry to run the instances that did not succeed again"
+)
+BATCH_RETRY_GROWS = (
+    "spec.retry cannot decrease: it counts the retries asked for; raise it by one to run the "
+    "instances that did not succeed again"
+)
+ONE_OF_COUNT_INDEXES = "exactly one of spec.count and spec.indexes says which instances to run"
+PARAMETERS_PER_INSTANCE = "spec.parameters must have one item per instance"
+INDEXES_ASCENDING = (
+    "spec.indexes must list ranges in ascending order, each as first-last with first <= last"
+)
+PARAMETER_KEYS = (
+    "parameter keys are letters, digits and underscores (at most 100), so that "
+    "SIMTASK_PARAM_<KEY> is an environment variable name"
+)
+CEL_CASES.update(
+    {
+        # A batch's template is a task spec: each of the task's create rules, in the template.
+        (BATCH, message): [
+            Case(
+                case.id,
+                batch_spec(template=case.spec),
+                case.field.replace("spec.", "spec.template.", 1),
+                case.says,
+            )
+            for case in cases
+            if case.update is None
+        ]
+        for (kind, message), cases in CEL_CASES.items()
+        if kind == TASK and message not in (KILL_STAYS, RETRY_GROWS)
+    }
+)
+CEL_CASES.update(
+    {
+        (BATCH, ONE_OF_COUNT_INDEXES): [
+            Case("count-and-indexes", batch_spec(indexes="0-1"), "spec", ONE_OF_COUNT_INDEXES),
+            Case("neither", batch_spec(count=UNSET), "spec", ONE_OF_COUNT_INDEXES),
+        ],
+        (BATCH, PARAMETERS_PER_INSTANCE): [
+            Case(
+                "parameters-short-of-count",
+                batch_spec(count=3, parameters=[{"A": "1"}, {"A": "2"}]),
+                "spec.parameters",
+                PARAMETERS_PER_INSTANCE,
+            ),
+            Case(
+                "parameters-beyond-indexes",
+                batch_spec(count=UNSET, indexes="0-2,5", parameters=[{"A": "1"}] * 5),
+                "spec.parameters",
+                PARAMETERS_PER_INSTANCE,
+            ),
+        ],
+        (BATCH, INDEXES_ASCENDING): [
+            Case(
+                "indexes-descending",
+                batch_spec(count=UNSET, indexes="5,1-2"),
+                "spec.indexes",
+                INDEXES_ASCENDING,
+            ),
+            Case(
+                "range-backwards",
+                batch_spec(count=UNSET, indexes="3-1"),
+                "spec.indexes",
+                INDEXES_ASCENDING,
+            ),
+        ],
+        (BATCH, PARAMETER_KEYS): [
+            Case(
+                "parameter-key-with-a-dash",
+                batch_spec(count=1, parameters=[{"re-number": "100"}]),
+                "spec.parameters[0]",
+                PARAMETER_KEYS,
+            ),
+        ],
+        (BATCH, BATCH_KILL_STAYS): [
+            Case("unkill", batch_spec(kill=True), "spec.kill", BATCH_KILL_STAYS, {"kill": False}),
+        ],
+        (BATCH, BATCH_RETRY_GROWS): [
+            Case("lower-retry", batch_spec(retry=2), "spec.retry", BATCH_RETRY_GROWS, {"retry": 1}),
+        ],
+    }
+)
+
 SHOULD_MATCH = "in body should match"
 AT_LEAST = "in body should be greater than or equal to"
 
@@ -482,6 +577,49 @@ OPENAPI_CASES: list[tuple[str, Case]] = [
         ),
     ),
     (GROUP, Case("node-selector-missing", {}, "spec.nodeSelector", "Required value")),
+    (BATCH, Case("template-missing", batch_spec(template=UNSET), "spec.template", "Required")),
+    (BATCH, Case("count-zero", batch_spec(count=0), "spec.count", f"{AT_LEAST} 1")),
+    (
+        BATCH,
+        Case("count-over-100000", batch_spec(count=100_001), "spec.count", "less than or equal"),
+    ),
+    (
+        BATCH,
+        Case(
+            "indexes-in-words", batch_spec(count=UNSET, indexes="all"), "spec.indexes", SHOULD_MATCH
+        ),
+    ),
+    (
+        BATCH,
+        Case(
+            "index-100000",
+            batch_spec(count=UNSET, indexes="0-100000"),
+            "spec.indexes",
+            SHOULD_MATCH,
+        ),
+    ),
+    (
+        BATCH,
+        Case(
+            "10001-parameters",
+            batch_spec(count=10_001, parameters=[{"A": "1"}] * 10_001),
+            "spec.parameters",
+            "must have at most 10000 items",
+        ),
+    ),
+    (
+        BATCH,
+        Case("parallelism-zero", batch_spec(parallelism=0), "spec.parallelism", f"{AT_LEAST} 1"),
+    ),
+    (
+        BATCH,
+        Case(
+            "template-retry",
+            batch_spec(template=task_spec(retry=1)),
+            "",
+            'unknown field "spec.template.retry"',
+        ),
+    ),
     (
         GROUP,
         Case(
@@ -569,6 +707,29 @@ ACCEPTED: list[tuple[str, Accepted]] = [
     (TASK, Accepted("raise-retry", task_spec(retry=2), update={"retry": 3})),
     (TASK, Accepted("other-change-keeps-retry", task_spec(retry=2), update={"hold": True})),
     (TASK, Accepted("release", task_spec(hold=True), update={"hold": False})),
+    (BATCH, Accepted("minimal", batch_spec())),
+    (
+        BATCH,
+        Accepted(
+            "every-field",
+            batch_spec(
+                template={k: v for k, v in FULL_TASK.items() if k not in BATCH_OWNED},
+                count=UNSET,
+                indexes="0-99,200,300-349",
+                parameters=[{"RE": str(i), "mesh_2": "fine"} for i in range(151)],
+                parallelism=10,
+                maxFailedInstances=0,
+                hold=True,
+                kill=False,
+                retry=0,
+                ttlAfterFinished="1d",
+            ),
+        ),
+    ),
+    (BATCH, Accepted("100000-instances", batch_spec(count=100_000))),
+    (BATCH, Accepted("index-99999", batch_spec(count=UNSET, indexes="0-99999"))),
+    (BATCH, Accepted("touching-ranges", batch_spec(count=UNSET, indexes="0-3,3-5,6"))),
+    (BATCH, Accepted("unkill-with-retry", batch_spec(kill=True), {"kill": False, "retry": 1})),
     (GROUP, Accepted("minimal", group_spec())),
     (GROUP, Accepted("every-field", FULL_GROUP)),
     (GROUP, Accepted("name-63-characters", group_spec(), name="g" * 63)),
@@ -586,7 +747,7 @@ def manifest(kind: str, name: str, spec: Spec) -> dict[str, Any]:
 
 def where(kind: str, namespace: str) -> list[str]:
     """kubectl's namespace arguments for `kind` (MachineGroups are cluster-scoped)."""
-    return ["-n", namespace] if kind == TASK else []
+    return ["-n", namespace] if kind in (TASK, BATCH) else []
 
 
 @pytest.fixture

@@ -52,7 +52,9 @@ def cases(kind: str) -> list[Any]:
 
 
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
-@pytest.mark.parametrize(("kind", "case"), cases("SimulationTask") + cases("MachineGroup"))
+@pytest.mark.parametrize(
+    ("kind", "case"), cases("SimulationTask") + cases("MachineGroup") + cases("SimulationBatch")
+)
 def test_health_check(kind: str, case: dict[str, Any], runtime: str) -> None:
     script = (HEALTH / kind / "health.lua").read_text()
     obj = yaml.safe_load((HEALTH / kind / case["inputPath"]).read_text())
@@ -89,6 +91,15 @@ def test_every_machine_group_phase_has_a_case() -> None:
     assert set(phases["enum"]) <= set(_covered_phases("MachineGroup"))
 
 
+def test_every_batch_phase_has_a_case() -> None:
+    crd = yaml.safe_load((REPO / "crds" / "simulationbatch.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v.get("storage")]
+    phases = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["phase"]
+    covered = _covered_phases("SimulationBatch")
+    assert set(phases["enum"]) <= set(covered)
+    assert None in covered
+
+
 NUMBERS = ("nodes", "readyNodes", "gpus", "runningTasks", "queuedTasks")
 
 
@@ -113,6 +124,11 @@ def _as_floats(obj: dict[str, Any]) -> dict[str, Any]:
             "MachineGroup",
             "generation-not-observed",
             "Waiting for the operator to observe generation 2",
+        ),
+        (
+            "SimulationBatch",
+            "generation-not-observed",
+            "Waiting for the operator to observe generation 3",
         ),
         ("MachineGroup", "active-gpu", "Active: 2 nodes (2 ready), 8 GPUs, 8 running, 4 queued"),
     ],

@@ -86,6 +86,7 @@ def test_default_objects(chart: Chart) -> None:
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "Role",
             "RoleBinding",
