@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,13 @@ def simtask(
     )
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C as a user's terminal delivers it: a suite started in the background (CI, a
+    `cmd &` shell) ignores SIGINT, and children inherit that, so Python would never raise
+    KeyboardInterrupt in them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str, kubeconfig: str | Path = KUBECONFIG) -> subprocess.Popen[str]:
     """`kubectl simtask ARGS...` in the background."""
     return subprocess.Popen(
@@ -43,6 +51,7 @@ def start(*args: str, kubeconfig: str | Path = KUBECONFIG) -> subprocess.Popen[s
         stderr=subprocess.PIPE,
         text=True,
         env=env(kubeconfig),
+        preexec_fn=_as_in_a_terminal,
     )
 
 
@@ -62,4 +71,5 @@ def python_script(code: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env(),
+        preexec_fn=_as_in_a_terminal,
     )

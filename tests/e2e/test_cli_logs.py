@@ -151,7 +151,8 @@ def bound_claim(namespace: str, name: str, directory: Path) -> str:
             kubectl_json("get", "pvc", name, "-n", namespace).get("status", {}).get("phase")
             == "Bound"
         ),
-        timeout=HEADROOM,
+        # The PV controller binds on events, or at its next resync (15 s) when it missed one.
+        timeout=15 + HEADROOM,
         what=f"claim {name} bound",
     )
     return pv

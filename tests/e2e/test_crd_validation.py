@@ -877,6 +877,7 @@ def test_valid_input_is_accepted(
                 "hold": False,
                 "kill": False,
                 "retry": 0,
+                "keepLogs": "OnFailure",
             },
         ),
         (GROUP, group_spec(), {"terminate": False}),
