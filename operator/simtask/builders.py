@@ -93,16 +93,7 @@ def build_job(
             "namespace": meta["namespace"],
             "labels": dict(labels),
             "annotations": {names.ANNOTATION_TASK_NAME: task_name},
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "SimulationTask",
-                    "name": task_name,
-                    "uid": str(meta["uid"]),
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [task_owner_reference(task_name, str(meta["uid"]), controller=True)],
         },
         "spec": {
             # The operator, not the Job controller, decides on new attempts.
@@ -289,3 +280,18 @@ def _dedupe(items: Sequence[Obj]) -> list[dict[str, Any]]:
         if plain not in result:
             result.append(plain)
     return result
+
+
+def task_owner_reference(task_name: str, uid: str, *, controller: bool) -> dict[str, Any]:
+    """An owner reference to a SimulationTask: what the garbage collector deletes with it. A
+    controller reference also blocks the task's foreground deletion until it is gone."""
+    ref: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "SimulationTask",
+        "name": task_name,
+        "uid": uid,
+        "controller": controller,
+    }
+    if controller:
+        ref["blockOwnerDeletion"] = True
+    return ref

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from simtask import API_VERSION, GROUP, names
+from simtask import GROUP, names
+from simtask.builders import task_owner_reference
 from simtask.lifecycle import Phase
 
 KeepLogs = Literal["OnFailure", "Always", "Never"]
@@ -88,15 +89,7 @@ def build_log_configmap(
         "namespace": meta["namespace"],
         "labels": labels,
         "annotations": {names.ANNOTATION_TASK_NAME: task_name},
-        "ownerReferences": [
-            {
-                "apiVersion": API_VERSION,
-                "kind": "SimulationTask",
-                "name": task_name,
-                "uid": str(meta["uid"]),
-                "controller": False,
-            }
-        ],
+        "ownerReferences": [task_owner_reference(task_name, str(meta["uid"]), controller=False)],
     }
     if truncated:
         metadata["annotations"][ANNOTATION_TRUNCATED] = "true"

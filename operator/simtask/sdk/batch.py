@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from simtask import API_VERSION
 from simtask.lifecycle import Phase
 from simtask.sdk import operations
 from simtask.sdk.client import BATCHES, Client, NotFoundError, default_client
@@ -77,18 +76,15 @@ class Batch:
     ) -> Batch:
         """Create a SimulationBatch from its `spec` (`template`, `count` or `indexes`, ...)."""
         client = client or default_client()
-        metadata: dict[str, Any] = (
-            {"name": name} if name else {"generateName": GENERATED_NAME_PREFIX}
+        created = client.submit(
+            BATCHES,
+            spec,
+            name=name,
+            generate_name=GENERATED_NAME_PREFIX,
+            namespace=namespace,
+            labels=labels,
         )
-        if labels:
-            metadata["labels"] = dict(labels)
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": BATCHES.kind,
-            "metadata": metadata,
-            "spec": spec,
-        }
-        return cls(client.create(BATCHES, namespace or client.namespace, body), client=client)
+        return cls(created, client=client)
 
     @classmethod
     def get(cls, name: str, namespace: str | None = None, *, client: Client | None = None) -> Batch:

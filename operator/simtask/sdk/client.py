@@ -16,7 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from simtask import GROUP, VERSION
+from simtask import API_VERSION, GROUP, VERSION
 
 
 class SimTaskError(Exception):
@@ -172,6 +172,24 @@ class Client:
                     GROUP, VERSION, namespace, kind.plural, **kwargs
                 )
             )
+
+    def submit(
+        self,
+        kind: Kind,
+        spec: dict[str, Any],
+        *,
+        name: str | None,
+        generate_name: str,
+        namespace: str | None,
+        labels: dict[str, str] | None,
+    ) -> dict[str, Any]:
+        """Create an object of `kind` from its `spec`, named `name` or, without one, with a
+        name the API server generates from `generate_name`."""
+        metadata: dict[str, Any] = {"name": name} if name else {"generateName": generate_name}
+        if labels:
+            metadata["labels"] = dict(labels)
+        body = {"apiVersion": API_VERSION, "kind": kind.kind, "metadata": metadata}
+        return self.create(kind, namespace or self.namespace, {**body, "spec": spec})
 
     def create(self, kind: Kind, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create an object of `kind` (a `metadata.generateName` is honoured)."""

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from simtask import API_VERSION
 from simtask.api import AttemptRecord, HistoryEntry, SimulationTaskStatus, parse_task_status
 from simtask.lifecycle import Phase, parse_phase
 from simtask.sdk import logs as _logs
@@ -52,13 +51,15 @@ class Task:
         """Create a SimulationTask from its `spec` (a dict, as in YAML); a name is generated
         when none is given. The API server checks the spec and says what is wrong."""
         client = client or default_client()
-        metadata: dict[str, Any] = (
-            {"name": name} if name else {"generateName": GENERATED_NAME_PREFIX}
+        created = client.submit(
+            TASKS,
+            spec,
+            name=name,
+            generate_name=GENERATED_NAME_PREFIX,
+            namespace=namespace,
+            labels=labels,
         )
-        if labels:
-            metadata["labels"] = dict(labels)
-        body = {"apiVersion": API_VERSION, "kind": TASKS.kind, "metadata": metadata, "spec": spec}
-        return cls(client.create(TASKS, namespace or client.namespace, body), client=client)
+        return cls(created, client=client)
 
     @classmethod
     def get(cls, name: str, namespace: str | None = None, *, client: Client | None = None) -> Task:
