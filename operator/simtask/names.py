@@ -42,12 +42,7 @@ def job_name(task_name: str, attempt: int) -> str:
     The same task and attempt always give the same name, so a create repeated after a
     crash answers AlreadyExists instead of starting a second Job.
     """
-    suffix = f"-a{attempt}"
-    if len(task_name) + len(suffix) <= _MAX_NAME:
-        return task_name + suffix
-    digest = hashlib.sha256(task_name.encode()).hexdigest()[:8]
-    keep = _MAX_NAME - len(suffix) - len(digest) - 1
-    return f"{task_name[:keep].rstrip('-.')}-{digest}{suffix}"
+    return _suffixed(task_name, f"-a{attempt}")
 
 
 #: On every instance of a SimulationBatch: the batch's name (omitted when too long).
@@ -67,9 +62,14 @@ ENV_PARAM_PREFIX = "SIMTASK_PARAM_"
 def instance_name(batch_name: str, index: int) -> str:
     """The deterministic name of instance `index` of a batch: `<batch>-<index>`, at most 63
     characters (a long batch name is cut and made unique with a hash of it)."""
-    suffix = f"-{index}"
-    if len(batch_name) + len(suffix) <= _MAX_NAME:
-        return batch_name + suffix
-    digest = hashlib.sha256(batch_name.encode()).hexdigest()[:8]
+    return _suffixed(batch_name, f"-{index}")
+
+
+def _suffixed(base: str, suffix: str) -> str:
+    """`base` + `suffix` in at most 63 characters: a base too long is cut and made unique
+    with a hash of it, so the same inputs always give the same name."""
+    if len(base) + len(suffix) <= _MAX_NAME:
+        return base + suffix
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
     keep = _MAX_NAME - len(suffix) - len(digest) - 1
-    return f"{batch_name[:keep].rstrip('-.')}-{digest}{suffix}"
+    return f"{base[:keep].rstrip('-.')}-{digest}{suffix}"

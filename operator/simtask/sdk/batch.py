@@ -8,7 +8,7 @@ from typing import Any
 
 from simtask.lifecycle import Phase
 from simtask.sdk import operations
-from simtask.sdk.client import BATCHES, Client, NotFoundError, default_client
+from simtask.sdk.client import BATCHES, NotFoundError, SimObject
 from simtask.sdk.outcome import batch_counts
 from simtask.sdk.task import Task
 from simtask.sdk.waiting import DELETED, OnChange, Ref, wait_for
@@ -57,59 +57,17 @@ class BatchSummary:
         )
 
 
-class Batch:
+class Batch(SimObject):
     """A SimulationBatch in the cluster: submit it, wait for it, see how its instances did."""
 
-    def __init__(self, obj: dict[str, Any], *, client: Client | None = None) -> None:
-        self.client = client or default_client()
-        self.obj = obj
-
-    @classmethod
-    def submit(
-        cls,
-        spec: dict[str, Any],
-        *,
-        name: str | None = None,
-        namespace: str | None = None,
-        labels: dict[str, str] | None = None,
-        client: Client | None = None,
-    ) -> Batch:
-        """Create a SimulationBatch from its `spec` (`template`, `count` or `indexes`, ...)."""
-        client = client or default_client()
-        created = client.submit(
-            BATCHES,
-            spec,
-            name=name,
-            generate_name=GENERATED_NAME_PREFIX,
-            namespace=namespace,
-            labels=labels,
-        )
-        return cls(created, client=client)
-
-    @classmethod
-    def get(cls, name: str, namespace: str | None = None, *, client: Client | None = None) -> Batch:
-        """The batch `name` (NotFoundError when there is none)."""
-        client = client or default_client()
-        return cls(client.get(BATCHES, namespace or client.namespace, name), client=client)
-
-    @property
-    def name(self) -> str:
-        return str(self.obj["metadata"]["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.obj["metadata"]["namespace"])
+    KIND = BATCHES
+    GENERATED_NAME_PREFIX = GENERATED_NAME_PREFIX
 
     @property
     def phase(self) -> str | None:
         """The phase as last read (see `refresh`)."""
         phase = (self.obj.get("status") or {}).get("phase")
         return str(phase) if phase else None
-
-    def refresh(self) -> Batch:
-        """Read the batch again; returns self."""
-        self.obj = self.client.get(BATCHES, self.namespace, self.name)
-        return self
 
     def __repr__(self) -> str:
         return f"<Batch {self.namespace}/{self.name} {self.phase or 'new'}>"

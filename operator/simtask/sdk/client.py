@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import urllib3
 from kubernetes import client, config
@@ -229,3 +229,58 @@ def configure(kubeconfig: str | None = None, context: str | None = None) -> Clie
     global _default
     _default = Client.connect(kubeconfig, context)
     return _default
+
+
+class SimObject:
+    """What a `Task` and a `Batch` share: one object of `KIND` in the cluster, the last copy
+    read of it (`obj`), and how it is created, read and read again."""
+
+    KIND: Kind
+    #: The prefix of a name the API server generates when none is given.
+    GENERATED_NAME_PREFIX: str
+
+    def __init__(self, obj: dict[str, Any], *, client: Client | None = None) -> None:
+        self.client = client or default_client()
+        self.obj = obj
+
+    @classmethod
+    def submit(
+        cls,
+        spec: dict[str, Any],
+        *,
+        name: str | None = None,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+        client: Client | None = None,
+    ) -> Self:
+        """Create one from its `spec` (a dict, as in YAML); a name is generated when none is
+        given. The API server checks the spec and says what is wrong."""
+        client = client or default_client()
+        created = client.submit(
+            cls.KIND,
+            spec,
+            name=name,
+            generate_name=cls.GENERATED_NAME_PREFIX,
+            namespace=namespace,
+            labels=labels,
+        )
+        return cls(created, client=client)
+
+    @classmethod
+    def get(cls, name: str, namespace: str | None = None, *, client: Client | None = None) -> Self:
+        """The one named `name` (NotFoundError when there is none)."""
+        client = client or default_client()
+        return cls(client.get(cls.KIND, namespace or client.namespace, name), client=client)
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.obj["metadata"]["namespace"])
+
+    def refresh(self) -> Self:
+        """Read it again; returns self."""
+        self.obj = self.client.get(self.KIND, self.namespace, self.name)
+        return self

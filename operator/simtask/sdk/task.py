@@ -13,7 +13,14 @@ from simtask.api import AttemptRecord, HistoryEntry, SimulationTaskStatus, parse
 from simtask.lifecycle import Phase, parse_phase
 from simtask.sdk import logs as _logs
 from simtask.sdk import operations
-from simtask.sdk.client import TASKS, Client, NotFoundError, SimTaskError, default_client
+from simtask.sdk.client import (
+    TASKS,
+    Client,
+    NotFoundError,
+    SimObject,
+    SimTaskError,
+    default_client,
+)
 from simtask.sdk.outcome import task_final_phase
 from simtask.sdk.outputs import download_outputs
 from simtask.sdk.waiting import DELETED, OnChange, Ref, wait_for
@@ -25,47 +32,17 @@ _NO_LOG_YET = (None, Phase.PENDING_INPUT, Phase.HELD, Phase.SUBMITTED, Phase.STA
 GENERATED_NAME_PREFIX = "task-"
 
 
-class Task:
+class Task(SimObject):
     """A SimulationTask in the cluster: submit it, wait for it, steer it, read its results.
 
     Every method talks to the Kubernetes API with the user's own credentials; none caches
     more than the last copy of the task it read (`Task.obj`).
     """
 
-    def __init__(self, obj: dict[str, Any], *, client: Client | None = None) -> None:
-        self.client = client or default_client()
-        self.obj = obj
+    KIND = TASKS
+    GENERATED_NAME_PREFIX = GENERATED_NAME_PREFIX
 
     # --- finding tasks -------------------------------------------------------------------
-
-    @classmethod
-    def submit(
-        cls,
-        spec: dict[str, Any],
-        *,
-        name: str | None = None,
-        namespace: str | None = None,
-        labels: dict[str, str] | None = None,
-        client: Client | None = None,
-    ) -> Task:
-        """Create a SimulationTask from its `spec` (a dict, as in YAML); a name is generated
-        when none is given. The API server checks the spec and says what is wrong."""
-        client = client or default_client()
-        created = client.submit(
-            TASKS,
-            spec,
-            name=name,
-            generate_name=GENERATED_NAME_PREFIX,
-            namespace=namespace,
-            labels=labels,
-        )
-        return cls(created, client=client)
-
-    @classmethod
-    def get(cls, name: str, namespace: str | None = None, *, client: Client | None = None) -> Task:
-        """The task `name` (NotFoundError when there is none)."""
-        client = client or default_client()
-        return cls(client.get(TASKS, namespace or client.namespace, name), client=client)
 
     @classmethod
     def list(
@@ -83,19 +60,6 @@ class Task:
         return [cls(item, client=client) for item in items]
 
     # --- what it is now ----------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return str(self.obj["metadata"]["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.obj["metadata"]["namespace"])
-
-    def refresh(self) -> Task:
-        """Read the task again; returns self."""
-        self.obj = self.client.get(TASKS, self.namespace, self.name)
-        return self
 
     @property
     def status(self) -> SimulationTaskStatus:
