@@ -26,7 +26,7 @@ from simtask.batchdecide import (
     PatchInstance,
     decide_batch,
 )
-from simtask.informers import Key, Obj, Store, obj_key, obj_uid
+from simtask.informers import Key, Obj, Store, obj_key, obj_uid, same_version
 from simtask.kube import ApiError, Kube
 from simtask.workqueue import WorkQueue
 
@@ -116,8 +116,7 @@ class BatchController:
             self._written.pop(key, None)
             self.taken.pop(obj_uid(body), None)
             return
-        rv = (body.get("metadata") or {}).get("resourceVersion")
-        if prev is not None and rv and rv == (prev.get("metadata") or {}).get("resourceVersion"):
+        if prev is not None and same_version(prev, body):
             return  # The echo of our own status write.
         self.queue.add(key)
 

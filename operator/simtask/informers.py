@@ -48,6 +48,13 @@ def obj_uid(obj: Obj | None) -> str:
     return str(((obj or {}).get("metadata") or {}).get("uid") or "")
 
 
+def same_version(a: Obj, b: Obj) -> bool:
+    """Whether two copies are the same version of an object: a watch event that carries the
+    version our own write already stored is its echo."""
+    rv = (a.get("metadata") or {}).get("resourceVersion")
+    return bool(rv) and rv == (b.get("metadata") or {}).get("resourceVersion")
+
+
 def _rv(obj: Obj | None) -> int:
     try:
         return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)

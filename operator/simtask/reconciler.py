@@ -32,7 +32,17 @@ from simtask.decide import (
     job_finished,
 )
 from simtask.groupcontroller import GroupController
-from simtask.informers import Informer, Key, Listener, Obj, Store, obj_key, obj_uid, trim_metadata
+from simtask.informers import (
+    Informer,
+    Key,
+    Listener,
+    Obj,
+    Store,
+    obj_key,
+    obj_uid,
+    same_version,
+    trim_metadata,
+)
 from simtask.kube import ApiError, Kube
 from simtask.lifecycle import ALWAYS_TERMINAL, PREEMPTED, RUNNING, Phase, parse_phase
 from simtask.machinegroups import GroupBook
@@ -339,7 +349,7 @@ class Controller:
             self.failures.pop(key, None)
             self.rejected.pop(key, None)
             return
-        if prev is not None and _same_version(prev, body):
+        if prev is not None and same_version(prev, body):
             return  # The echo of our own status write: the pass that wrote it saw all this.
         self.queue.add(key)
 
@@ -860,11 +870,6 @@ def _tells_the_user(t: Transition) -> bool:
     if t.to_phase in _ROUTINE_PHASES:
         return False
     return not (t.to_phase == Phase.SUBMITTED and t.reason == "Submitted")
-
-
-def _same_version(a: Obj, b: Obj) -> bool:
-    rv = (a.get("metadata") or {}).get("resourceVersion")
-    return bool(rv) and rv == (b.get("metadata") or {}).get("resourceVersion")
 
 
 def _controller_of(obj: Obj) -> dict[str, Any] | None:
